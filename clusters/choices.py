@@ -1,0 +1,87 @@
+"""Statuses and other enumerations of the cluster domain."""
+
+from django.db import models
+
+
+class NodeRole(models.TextChoices):
+    INITIAL_MASTER = "initial_master", "Initial master"
+    MASTER = "master", "Master"
+    WORKER = "worker", "Worker"
+
+
+SERVER_ROLES = (NodeRole.INITIAL_MASTER, NodeRole.MASTER)
+
+
+class NodeStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    INSTALLING = "installing", "Installing"
+    ACTIVE = "active", "Active"
+    FAILED = "failed", "Failed"
+    DRAINING = "draining", "Draining"
+    REMOVED = "removed", "Removed"
+
+
+# Nodes that are part of the cluster's desired state (rendered into inventories).
+LIVE_NODE_STATUSES = (NodeStatus.PENDING, NodeStatus.INSTALLING, NodeStatus.ACTIVE, NodeStatus.FAILED)
+
+
+class InstallationStage(models.TextChoices):
+    NOT_STARTED = "not_started", "Not started"
+    INITIAL_MASTER = "initial_master", "Initial master"
+    JOINING_MASTERS = "joining_masters", "Joining masters"
+    WORKERS = "workers", "Workers"
+    ALL = "all", "Post-install checks"
+    COMPLETE = "complete", "Complete"
+    FAILED = "failed", "Failed"
+
+
+# The install stages, in order (the seed's staged install).
+INSTALL_STAGES = (
+    InstallationStage.INITIAL_MASTER,
+    InstallationStage.JOINING_MASTERS,
+    InstallationStage.WORKERS,
+    InstallationStage.ALL,
+)
+
+
+class ClusterStatus(models.TextChoices):
+    NEW = "new", "New"
+    INSTALLING = "installing", "Installing"
+    ACTIVE = "active", "Active"
+    DEGRADED = "degraded", "Degraded"
+    FAILED = "failed", "Failed"
+    UPGRADING = "upgrading", "Upgrading"
+    SCALING = "scaling", "Scaling"
+    UNINSTALLING = "uninstalling", "Uninstalling"
+    UNINSTALLED = "uninstalled", "Uninstalled"
+
+
+class Cni(models.TextChoices):
+    CANAL = "canal", "Canal"
+    CALICO = "calico", "Calico"
+    CILIUM = "cilium", "Cilium"
+    FLANNEL = "flannel", "Flannel"
+    NONE = "none", "None (bring your own)"
+
+
+class JobKind(models.TextChoices):
+    PREFLIGHT = "preflight", "Preflight checks"
+    INSTALL = "install", "Install"
+    SCALE_ADD = "scale_add", "Add nodes"
+    SCALE_REMOVE = "scale_remove", "Remove nodes"
+    UPGRADE = "upgrade", "Upgrade"
+    UNINSTALL = "uninstall", "Uninstall"
+    FETCH_KUBECONFIG = "fetch_kubeconfig", "Fetch kubeconfig"
+    HEALTH = "health", "Health check"
+
+
+class JobStatus(models.TextChoices):
+    PENDING = "pending", "Pending"
+    RUNNING = "running", "Running"
+    SUCCESSFUL = "successful", "Successful"
+    FAILED = "failed", "Failed"
+    CANCELED = "canceled", "Canceled"
+
+
+ACTIVE_JOB_STATUSES = (JobStatus.PENDING, JobStatus.RUNNING)
+FINISHED_JOB_STATUSES = (JobStatus.SUCCESSFUL, JobStatus.FAILED, JobStatus.CANCELED)

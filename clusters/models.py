@@ -1,0 +1,417 @@
+"""The cluster domain: clusters, their nodes, SSH credentials, jobs and job events."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+
+from . import validators
+from .choices import (
+    ACTIVE_JOB_STATUSES,
+    SERVER_ROLES,
+    ClusterStatus,
+    Cni,
+    InstallationStage,
+    JobKind,
+    JobStatus,
+    NodeRole,
+    NodeStatus,
+)
+from .fields import EncryptedTextField, reveal
+
+# Values that must be identical on every server of a cluster; RKE2 refuses a join when they differ
+# ("critical configuration value mismatch"), so they are frozen once the first server has bootstrapped.
+CRITICAL_FIELDS = ("cni", "cluster_cidr", "service_cidr", "cluster_dns", "cluster_domain")
+
+
+def generate_cluster_token() -> str:
+    """A fresh cluster join token: 48 random hexadecimal characters (192 bits)."""
+    return secrets.token_hex(24)
+
+
+class SSHCredential(models.Model):
+    """How the portal logs in to a cluster's hosts: user, port, private key, and whether to become root."""
+
+    name = models.CharField(max_length=100, unique=True)
+    username = models.CharField(max_length=64, default="root")
+    port = models.PositiveIntegerField(default=22)
+    become = models.BooleanField(default=False, help_text="Use sudo to become root on the hosts.")
+    private_key = EncryptedTextField(help_text="OpenSSH or PEM private key. Stored encrypted; never shown again.")
+    passphrase = EncryptedTextField(blank=True, default="", help_text="Passphrase of the private key, if any.")
+    public_key_fingerprint = models.CharField(max_length=100, blank=True, editable=False)
+    known_hosts = models.TextField(
+        blank=True,
+        help_text="known_hosts lines for the cluster's hosts. When empty, new host keys are accepted on first "
+        "connection and checked afterwards.",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "SSH credential"
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(port__gte=1) & Q(port__lte=65535), name="%(app_label)s_%(class)s_port_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.username})"
+
+    def __repr__(self) -> str:
+        return f"<SSHCredential {self.pk}: {self.name}>"
+
+    def clean(self) -> None:
+        super().clean()
+        from .sshkeys import KeyError_, load_private_key
+
+        key_text = reveal(self.private_key)
+        if not key_text.strip():
+            raise ValidationError({"private_key": "A private key is required."})
+        try:
+            self.public_key_fingerprint = load_private_key(key_text, reveal(self.passphrase))
+        except KeyError_ as exc:
+            raise ValidationError({exc.field: exc.message}) from None
+
+
+class Cluster(models.Model):
+    """An RKE2 cluster: its pinned version, network settings, join token and the hosts it runs on."""
+
+    name = models.CharField(max_length=63, unique=True, validators=[validators.validate_dns_label])
+    description = models.TextField(blank=True)
+    rke2_version = models.CharField(
+        "RKE2 version", max_length=64, validators=[validators.validate_rke2_version], help_text="e.g. v1.31.4+rke2r1"
+    )
+    registration_address = models.CharField(
+        max_length=253,
+        blank=True,
+        validators=[validators.validate_address],
+        help_text="Fixed registration address (VIP, load balancer or DNS name). Empty: the initial master's address.",
+    )
+    cni = models.CharField("CNI", max_length=20, choices=Cni.choices, default=Cni.CANAL)
+    cluster_cidr = models.CharField("cluster CIDR", max_length=100, default="10.42.0.0/16", validators=[validators.validate_cidr])
+    service_cidr = models.CharField("service CIDR", max_length=100, default="10.43.0.0/16", validators=[validators.validate_cidr])
+    cluster_dns = models.GenericIPAddressField("cluster DNS", default="10.43.0.10")
+    cluster_domain = models.CharField(max_length=253, default="cluster.local", validators=[validators.validate_hostname])
+    tls_san = models.JSONField("TLS SANs", default=list, blank=True, help_text="Extra names and addresses for the API certificate.")
+    token = EncryptedTextField(default=generate_cluster_token, editable=False)
+    kubeconfig = EncryptedTextField(blank=True, default="", editable=False)
+    installation_stage = models.CharField(
+        max_length=20, choices=InstallationStage.choices, default=InstallationStage.NOT_STARTED
+    )
+    status = models.CharField(max_length=20, choices=ClusterStatus.choices, default=ClusterStatus.NEW)
+    bootstrapped_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When the first server started; critical values are frozen from then on."
+    )
+    cluster_vars = models.JSONField(
+        "extra RKE2 config", default=dict, blank=True, validators=[validators.validate_rke2_config],
+        help_text="Extra RKE2 config.yaml keys for every node (node values win).",
+    )
+    ssh_credential = models.ForeignKey(
+        SSHCredential, on_delete=models.PROTECT, null=True, blank=True, related_name="clusters",
+        verbose_name="SSH credential",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        permissions = [("download_kubeconfig", "Can download the cluster's kubeconfig")]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.pk}: {self.name}>"
+
+    @property
+    def is_bootstrapped(self) -> bool:
+        return self.bootstrapped_at is not None
+
+    def clean(self) -> None:
+        super().clean()
+        errors: dict[str, list[str]] = {}
+        if not isinstance(self.tls_san, list) or not all(isinstance(item, str) for item in self.tls_san):
+            errors.setdefault("tls_san", []).append("Enter a list of DNS names or IP addresses.")
+        else:
+            for item in self.tls_san:
+                try:
+                    validators.validate_address(item)
+                except ValidationError:
+                    errors.setdefault("tls_san", []).append(f"{item!r} is not an IP address or DNS name.")
+        try:
+            cluster_nets = validators.parse_cidrs(self.cluster_cidr)
+            service_nets = validators.parse_cidrs(self.service_cidr)
+        except ValueError:
+            pass  # the field validators report malformed CIDRs
+        else:
+            for cnet in cluster_nets:
+                for snet in service_nets:
+                    if cnet.version == snet.version and cnet.overlaps(snet):
+                        errors.setdefault("service_cidr", []).append(
+                            f"The service CIDR {snet} overlaps the cluster CIDR {cnet}."
+                        )
+            if self.cluster_dns and not any(
+                validators.is_ip_address(self.cluster_dns) and _in_network(self.cluster_dns, net) for net in service_nets
+            ):
+                errors.setdefault("cluster_dns", []).append("The cluster DNS address must lie inside the service CIDR.")
+        if self.pk and self.is_bootstrapped:
+            stored = Cluster.objects.filter(pk=self.pk).values(*CRITICAL_FIELDS).first()
+            if stored:
+                for field in CRITICAL_FIELDS:
+                    if str(stored[field]) != str(getattr(self, field)):
+                        errors.setdefault(field, []).append(
+                            "This value must match on every server and cannot change once the cluster is installed."
+                        )
+        if errors:
+            raise ValidationError(errors)
+
+
+def _in_network(address: str, network) -> bool:  # type: ignore[no-untyped-def]
+    import ipaddress
+
+    ip = ipaddress.ip_address(address)
+    return ip.version == network.version and ip in network
+
+
+class Node(models.Model):
+    """A host of a cluster and the role it plays in it."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="cluster_nodes")
+    hostname = models.CharField(max_length=253, validators=[validators.validate_hostname], help_text="Also the Kubernetes node name.")
+    internal_ip = models.GenericIPAddressField("internal IP")
+    external_ip = models.GenericIPAddressField("external IP", null=True, blank=True)
+    role = models.CharField(max_length=20, choices=NodeRole.choices, default=NodeRole.WORKER)
+    status = models.CharField(max_length=20, choices=NodeStatus.choices, default=NodeStatus.PENDING)
+    use_external_ip = models.BooleanField(
+        "use external IP", default=False, help_text="Connect over SSH to the external IP instead of the internal one."
+    )
+    labels = models.JSONField(default=list, blank=True, help_text="Kubernetes labels (key=value) set at registration.")
+    taints = models.JSONField(default=list, blank=True, help_text="Kubernetes taints (key=value:Effect) set at registration.")
+    node_vars = models.JSONField(
+        "extra RKE2 config", default=dict, blank=True, validators=[validators.validate_rke2_config],
+        help_text="Extra RKE2 config.yaml keys for this node; they win over the cluster's.",
+    )
+    install_started_at = models.DateTimeField(null=True, blank=True, editable=False)
+    install_finished_at = models.DateTimeField(null=True, blank=True, editable=False)
+    last_error = models.TextField(blank=True, editable=False)
+    last_job = models.ForeignKey(
+        "Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
+    )
+    installed_version = models.CharField(max_length=64, blank=True, editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["cluster", "created_at", "pk"]
+        constraints = [
+            # A removed node no longer occupies its name or address, so a host can be rebuilt and re-added.
+            models.UniqueConstraint(
+                fields=["cluster", "hostname"], condition=~Q(status=NodeStatus.REMOVED),
+                name="%(app_label)s_%(class)s_unique_hostname",
+                violation_error_message="A node with this host name already exists in this cluster.",
+            ),
+            models.UniqueConstraint(
+                fields=["cluster", "internal_ip"], condition=~Q(status=NodeStatus.REMOVED),
+                name="%(app_label)s_%(class)s_unique_internal_ip",
+                violation_error_message="A node with this internal IP already exists in this cluster.",
+            ),
+            models.UniqueConstraint(
+                fields=["cluster"], condition=Q(role=NodeRole.INITIAL_MASTER) & ~Q(status=NodeStatus.REMOVED),
+                name="%(app_label)s_%(class)s_one_initial_master",
+                violation_error_message="A cluster has at most one initial master.",
+            ),
+            models.CheckConstraint(
+                condition=Q(use_external_ip=False) | Q(external_ip__isnull=False),
+                name="%(app_label)s_%(class)s_external_ip_when_used",
+                violation_error_message="Using the external IP requires an external IP.",
+            ),
+        ]
+        indexes = [models.Index(fields=["cluster", "status"], name="clusters_node_cluster_status")]
+
+    def __str__(self) -> str:
+        return self.hostname
+
+    def __repr__(self) -> str:
+        return f"<Node {self.pk}: {self.hostname} ({self.role})>"
+
+    @property
+    def ansible_ip(self) -> str:
+        """The address Ansible connects to."""
+        if self.use_external_ip and self.external_ip:
+            return self.external_ip
+        return self.internal_ip
+
+    @property
+    def is_server(self) -> bool:
+        return self.role in SERVER_ROLES
+
+    @property
+    def rke2_type(self) -> str:
+        return "server" if self.is_server else "agent"
+
+    def clean(self) -> None:
+        super().clean()
+        errors: dict[str, list[str]] = {}
+        if self.use_external_ip and not self.external_ip:
+            errors.setdefault("external_ip", []).append("Using the external IP requires an external IP.")
+        for field, validator in (("labels", validators.validate_node_label), ("taints", validators.validate_node_taint)):
+            value = getattr(self, field)
+            if not isinstance(value, list):
+                errors.setdefault(field, []).append("Enter a list.")
+                continue
+            for item in value:
+                try:
+                    validator(item if isinstance(item, str) else repr(item))
+                except ValidationError as exc:
+                    errors.setdefault(field, []).extend(exc.messages)
+        if errors:
+            raise ValidationError(errors)
+
+
+class Job(models.Model):
+    """One requested operation on a cluster (install, scale, upgrade, ...), run by a worker as ordered stages."""
+
+    public_id = models.UUIDField(default=uuid.uuid4, unique=True, editable=False)
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="jobs")
+    kind = models.CharField(max_length=20, choices=JobKind.choices)
+    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.PENDING)
+    stages = models.JSONField(default=list, blank=True, help_text="Planned stages, in order.")
+    stage = models.CharField(max_length=40, blank=True, help_text="The stage running now, or the last one that ran.")
+    stages_completed = models.PositiveIntegerField(default=0)
+    params = models.JSONField(default=dict, blank=True, help_text="Non-secret parameters of the request.")
+    requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    cancel_requested = models.BooleanField(default=False)
+    cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    celery_task_id = models.CharField(max_length=255, blank=True)
+    worker_hostname = models.CharField(max_length=255, blank=True)
+    worker_pid = models.PositiveIntegerField(null=True, blank=True)
+    ansible_pid = models.PositiveIntegerField(null=True, blank=True)
+    timeout_seconds = models.PositiveIntegerField(default=0, help_text="0: the configured default.")
+    idle_timeout_seconds = models.PositiveIntegerField(default=0, help_text="0: the configured default.")
+    rc = models.IntegerField(null=True, blank=True)
+    result = models.JSONField(default=dict, blank=True, help_text="Summary: per-host counts, facts reported back.")
+    explanation = models.TextField(blank=True, help_text="Why the job ended as it did, in words.")
+    emitted_events = models.PositiveIntegerField(default=0)
+    resume_of = models.ForeignKey("self", on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster"], condition=Q(status__in=ACTIVE_JOB_STATUSES),
+                name="%(app_label)s_%(class)s_one_active_per_cluster",
+                violation_error_message="The cluster already has an active job.",
+            ),
+        ]
+        indexes = [
+            models.Index(fields=["status", "heartbeat_at"], name="clusters_job_status_heartbeat"),
+            models.Index(fields=["cluster", "-created_at"], name="clusters_job_cluster_created"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.get_kind_display()} #{self.pk} ({self.status})"
+
+    def __repr__(self) -> str:
+        return f"<Job {self.pk}: {self.kind} {self.status}>"
+
+    @property
+    def is_active(self) -> bool:
+        return self.status in ACTIVE_JOB_STATUSES
+
+
+class JobEvent(models.Model):
+    """One Ansible event of a job, as emitted by ansible-runner, in order of ``counter``."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="events")
+    counter = models.PositiveIntegerField()
+    stage = models.CharField(max_length=40, blank=True)
+    uuid = models.CharField(max_length=64, blank=True)
+    parent_uuid = models.CharField(max_length=64, blank=True)
+    event = models.CharField(max_length=100)
+    host_name = models.CharField(max_length=255, blank=True)
+    play = models.CharField(max_length=1024, blank=True)
+    role = models.CharField(max_length=1024, blank=True)
+    task = models.CharField(max_length=1024, blank=True)
+    task_action = models.CharField(max_length=128, blank=True)
+    stdout = models.TextField(blank=True)
+    start_line = models.PositiveIntegerField(default=0)
+    end_line = models.PositiveIntegerField(default=0)
+    event_data = models.JSONField(default=dict, blank=True)
+    failed = models.BooleanField(default=False)
+    changed = models.BooleanField(default=False)
+    created = models.DateTimeField(null=True, blank=True, help_text="When Ansible emitted the event.")
+    ingested_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["job", "counter"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "counter"], name="%(app_label)s_%(class)s_unique_counter"),
+        ]
+        indexes = [models.Index(fields=["job", "host_name"], name="clusters_jobevent_job_host")]
+
+    def __str__(self) -> str:
+        return f"{self.event} #{self.counter}"
+
+
+class JobHostSummary(models.Model):
+    """Per-host totals of a job's playbook runs, from Ansible's stats events."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="host_summaries")
+    host_name = models.CharField(max_length=255)
+    ok = models.PositiveIntegerField(default=0)
+    changed = models.PositiveIntegerField(default=0)
+    dark = models.PositiveIntegerField("unreachable", default=0)
+    failures = models.PositiveIntegerField(default=0)
+    ignored = models.PositiveIntegerField(default=0)
+    rescued = models.PositiveIntegerField(default=0)
+    skipped = models.PositiveIntegerField(default=0)
+    processed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["job", "host_name"]
+        verbose_name_plural = "job host summaries"
+        constraints = [
+            models.UniqueConstraint(fields=["job", "host_name"], name="%(app_label)s_%(class)s_unique_host"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.host_name}: ok={self.ok} changed={self.changed} failed={self.failures} unreachable={self.dark}"
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.failures or self.dark)
+
+
+class AuditLog(models.Model):
+    """Who did what to which cluster: job requests, cancels, kubeconfig downloads, credential changes."""
+
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    action = models.CharField(max_length=64)
+    cluster = models.ForeignKey(Cluster, on_delete=models.SET_NULL, null=True, blank=True, related_name="audit_entries")
+    object_repr = models.CharField(max_length=255, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name = "audit log entry"
+        verbose_name_plural = "audit log"
+
+    def __str__(self) -> str:
+        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} {self.object_repr}"

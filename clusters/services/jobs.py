@@ -1,0 +1,192 @@
+"""Requesting and cancelling jobs. A worker runs them (``clusters.tasks.run_job``)."""
+
+from __future__ import annotations
+
+import uuid
+from functools import partial
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from .. import validators
+from ..choices import (
+    ACTIVE_JOB_STATUSES,
+    INSTALL_STAGES,
+    LIVE_NODE_STATUSES,
+    SERVER_ROLES,
+    ClusterStatus,
+    InstallationStage,
+    JobKind,
+    JobStatus,
+    NodeStatus,
+)
+from ..exceptions import InvalidState, JobConflict
+from ..models import Cluster, Job
+from .audit import audit_record
+from .clusters import cluster_install_problems
+
+__all__ = ["job_request", "job_cancel", "plan_stages", "JOB_QUEUE"]
+
+# Playbook jobs run on their own queue, one at a time per worker process.
+JOB_QUEUE = "playbooks"
+
+
+def _require_credential(cluster: Cluster) -> None:
+    if cluster.ssh_credential_id is None:
+        raise InvalidState("The cluster has no SSH credential: set one before running jobs on its hosts.")
+
+
+def _require_bootstrapped(cluster: Cluster, kind: str) -> None:
+    if not cluster.is_bootstrapped:
+        raise InvalidState(f"The cluster is not installed yet: {JobKind(kind).label.lower()} needs an installed cluster.")
+
+
+def _last_failed_install_stage(cluster: Cluster) -> str | None:
+    last = cluster.jobs.filter(kind=JobKind.INSTALL).exclude(status__in=ACTIVE_JOB_STATUSES).first()
+    if last and last.status in (JobStatus.FAILED, JobStatus.CANCELED) and last.stage in INSTALL_STAGES:
+        return last.stage
+    return None
+
+
+def plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[str]:
+    """The ordered stages a job of ``kind`` runs, after checking that the cluster's state allows it.
+
+    Raises :class:`InvalidState` or :class:`ValidationError` (naming the parameter) when it does not.
+    """
+    nodes = list(cluster.cluster_nodes.all())
+    live = [node for node in nodes if node.status in LIVE_NODE_STATUSES]
+    if cluster.status == ClusterStatus.UNINSTALLED and kind not in (JobKind.INSTALL, JobKind.PREFLIGHT):
+        raise InvalidState("The cluster has been uninstalled; only preflight and install are possible.")
+    if kind == JobKind.PREFLIGHT:
+        _require_credential(cluster)
+        if not live:
+            raise InvalidState("The cluster has no nodes to check.")
+        return ["preflight"]
+    if kind == JobKind.INSTALL:
+        problems = cluster_install_problems(cluster, live)
+        if problems:
+            raise InvalidState(" ".join(problems))
+        stages = list(INSTALL_STAGES)
+        if params.get("resume"):
+            failed_stage = _last_failed_install_stage(cluster)
+            if failed_stage is None:
+                raise ValidationError({"resume": ["There is no failed install to resume."]})
+            stages = stages[stages.index(failed_stage):]
+        elif cluster.installation_stage == InstallationStage.COMPLETE and all(n.status == NodeStatus.ACTIVE for n in live):
+            raise InvalidState("The cluster is already installed; add nodes with a scale job.")
+        return [str(stage) for stage in stages]
+    if kind == JobKind.SCALE_ADD:
+        _require_credential(cluster)
+        _require_bootstrapped(cluster, kind)
+        pending = [node for node in live if node.status in (NodeStatus.PENDING, NodeStatus.FAILED)]
+        if not pending:
+            raise InvalidState("There are no pending nodes to add.")
+        stages = []
+        if any(node.role in SERVER_ROLES for node in pending):
+            stages.append(str(InstallationStage.JOINING_MASTERS))
+        if any(node.role not in SERVER_ROLES for node in pending):
+            stages.append(str(InstallationStage.WORKERS))
+        return stages
+    if kind == JobKind.SCALE_REMOVE:
+        _require_credential(cluster)
+        _require_bootstrapped(cluster, kind)
+        if not any(node.status == NodeStatus.DRAINING for node in nodes):
+            raise InvalidState("No node is marked for removal.")
+        return ["scale_remove"]
+    if kind == JobKind.UPGRADE:
+        _require_credential(cluster)
+        _require_bootstrapped(cluster, kind)
+        target = str(params.get("target_version") or "")
+        try:
+            validators.validate_rke2_version(target)
+        except ValidationError as exc:
+            raise ValidationError({"target_version": exc.messages}) from None
+        current = validators.parse_rke2_version(cluster.rke2_version)
+        wanted = validators.parse_rke2_version(target)
+        if wanted < current and not params.get("allow_downgrade"):
+            raise ValidationError({"target_version": [f"{target} is older than {cluster.rke2_version}: downgrades are refused."]})
+        if wanted[:2] > current[:2] and (wanted[0], wanted[1]) != (current[0], current[1] + 1) and not params.get("allow_minor_skip"):
+            raise ValidationError(
+                {"target_version": [f"{target} skips a minor version after {cluster.rke2_version}: upgrade one minor at a time."]}
+            )
+        if wanted == current and all(node.installed_version == target for node in live):
+            raise InvalidState(f"Every node already runs {target}.")
+        return ["upgrade"]
+    if kind == JobKind.UNINSTALL:
+        _require_credential(cluster)
+        if params.get("confirm") != cluster.name:
+            raise ValidationError({"confirm": [f"Type the cluster's name ({cluster.name}) to confirm the uninstall."]})
+        return ["uninstall"]
+    if kind == JobKind.FETCH_KUBECONFIG:
+        _require_credential(cluster)
+        _require_bootstrapped(cluster, kind)
+        return ["fetch_kubeconfig"]
+    if kind == JobKind.HEALTH:
+        _require_credential(cluster)
+        _require_bootstrapped(cluster, kind)
+        return ["health"]
+    raise ValidationError({"kind": [f"Unknown job kind {kind!r}."]})
+
+
+def _enqueue(job: Job) -> None:
+    from ..tasks import run_job as run_job_task
+
+    run_job_task.apply_async(args=[job.pk], task_id=job.celery_task_id, queue=JOB_QUEUE)
+
+
+def job_request(*, cluster: Cluster, kind: str, params: dict[str, Any] | None = None, actor: Any = None) -> Job:
+    """Create a pending job after checking the cluster's state, and enqueue it once the transaction commits.
+
+    Raises :class:`JobConflict` when the cluster already has an active job (one per cluster, enforced by the
+    database), :class:`InvalidState` or :class:`ValidationError` when the request does not fit the cluster.
+    """
+    if kind not in JobKind.values:
+        raise ValidationError({"kind": [f"Unknown job kind {kind!r}."]})
+    params = dict(params or {})
+    active = cluster.jobs.filter(status__in=ACTIVE_JOB_STATUSES).first()
+    if active is not None:
+        raise JobConflict(active)
+    stages = plan_stages(cluster, kind, params)
+    resume_of = None
+    if kind == JobKind.INSTALL and params.get("resume"):
+        resume_of = cluster.jobs.filter(kind=JobKind.INSTALL).exclude(status__in=ACTIVE_JOB_STATUSES).first()
+    params.pop("confirm", None)
+    try:
+        with transaction.atomic():
+            job = Job.objects.create(
+                cluster=cluster, kind=kind, params=params, stages=stages, requested_by=_user(actor),
+                celery_task_id=str(uuid.uuid4()), resume_of=resume_of,
+            )
+            audit_record(action=f"job.request.{kind}", actor=actor, cluster=cluster, detail={"job_id": job.pk})
+    except IntegrityError:
+        raise JobConflict(cluster.jobs.filter(status__in=ACTIVE_JOB_STATUSES).first()) from None
+    transaction.on_commit(partial(_enqueue, job))
+    return job
+
+
+def job_cancel(*, job: Job, actor: Any = None) -> Job:
+    """Ask for a job to stop. A job that has not started is canceled at once; a running one is stopped by its
+    worker within seconds (its status changes when the playbook has stopped)."""
+    now = timezone.now()
+    with transaction.atomic():
+        started = Job.objects.filter(pk=job.pk, status=JobStatus.PENDING).update(
+            status=JobStatus.CANCELED, cancel_requested=True, cancel_requested_at=now,
+            cancel_requested_by=_user(actor), finished_at=now, explanation="Canceled before it started.",
+        ) == 0
+        if started:
+            updated = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, cancel_requested=False).update(
+                cancel_requested=True, cancel_requested_at=now, cancel_requested_by=_user(actor)
+            )
+            if not updated:
+                job.refresh_from_db()
+                if not job.is_active:
+                    raise InvalidState(f"The job has already finished ({job.status}).")
+        audit_record(action="job.cancel", actor=actor, cluster=job.cluster, detail={"job_id": job.pk})
+    job.refresh_from_db()
+    return job
+
+
+def _user(actor: Any) -> Any:
+    return actor if actor is not None and getattr(actor, "is_authenticated", False) else None

@@ -1,0 +1,22 @@
+"""Settings for the test suite: the normal settings with fixed test keys and fast password hashing.
+
+DATABASE_URL still selects the database, so the same suite runs on SQLite and on PostgreSQL.
+"""
+
+import os
+import tempfile
+
+os.environ.setdefault("DJANGO_DEBUG", "false")
+os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production-0123456789")
+os.environ.setdefault("DJANGO_READ_DOT_ENV_FILE", "false")
+os.environ.setdefault("RKE2PORTAL_DATA_DIR", tempfile.mkdtemp(prefix="rke2portal-test-"))
+
+from .settings import *  # noqa: E402,F403
+
+# Two keys so that rotation is exercised: data is written with the first and must stay readable with the second.
+FIELD_ENCRYPTION_KEYS = [
+    "bD0d3kQbOjBbl3hDgGgE7Nw7mCk2u1zJk7dQ2xE0f0Q=",
+    "Q2n0tH9o8p3Jx0Wm1yC2b8iHq5kR3sT6uV9wX1zA4bE=",
+]
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}  # noqa: F405

@@ -1,0 +1,36 @@
+# Shared by scripts/run and scripts/test: install what the portal needs on a Debian machine.
+
+APT_PACKAGES_RUN="redis-server openssh-client"
+APT_PACKAGES_TEST="redis-server postgresql openssh-server openssh-client sudo iproute2 etcd-server etcd-client kubectl chromium chromium-driver"
+
+bootstrap_system_packages() {
+  local wanted=${1:-$APT_PACKAGES_TEST} missing=()
+  for pkg in $wanted; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -ne 0 ]; then
+      echo "Missing Debian packages: ${missing[*]} (run as root, or install them first)" >&2
+      return 1
+    fi
+    echo "Installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+}
+
+bootstrap_venv() {
+  if [ ! -x .venv/bin/python ]; then
+    python3 -m venv .venv
+  fi
+  local stamp=.venv/.requirements.sha256
+  local want
+  want=$(sha256sum requirements.txt | cut -d' ' -f1)
+  if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
+    echo "Installing Python packages from requirements.txt"
+    .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+    .venv/bin/python -c "import django, ansible_runner, celery" || { echo "pip install failed" >&2; return 1; }
+    echo "$want" > "$stamp"
+  fi
+}
