@@ -1,3 +1,3 @@
-"""Shared pytest configuration: plugins providing test hosts, services and the stand-in RKE2."""
+"""Shared pytest configuration: plugins providing the SSH test hosts and other cross-cutting fixtures."""
 
 pytest_plugins = ["tests.testhosts.fixtures"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import models
+from django.db.models.query_utils import DeferredAttribute
 
 from . import crypto
 
@@ -40,10 +41,24 @@ def reveal(value: Any) -> str:
     return str(value)
 
 
+class SecretAttribute(DeferredAttribute):
+    """Model attribute of an encrypted field: whatever is assigned is held as a :class:`Secret`, so a value set
+    in code (a generated token, a fetched kubeconfig) is masked exactly like one loaded from the database."""
+
+    def __set__(self, instance: models.Model, value: Any) -> None:
+        if value is not None and not isinstance(value, Secret):
+            value = Secret(value if isinstance(value, str) else str(value))
+        instance.__dict__[self.field.attname] = value
+
+
 class EncryptedTextField(models.TextField):
-    """A text column stored as Fernet ciphertext; Python sees a :class:`Secret`. Empty stays empty."""
+    """A text column stored as Fernet ciphertext; Python sees a :class:`Secret`. Empty stays empty.
+
+    The ciphertext is randomized, so the column cannot be searched or compared in SQL; filter on other fields.
+    """
 
     description = "Text encrypted at rest"
+    descriptor_class = SecretAttribute
 
     def from_db_value(self, value: str | None, expression: Any, connection: Any) -> Secret | None:
         if value is None:

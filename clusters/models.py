@@ -5,8 +5,11 @@ from __future__ import annotations
 import secrets
 import uuid
 
+import ipaddress
+
 from django.conf import settings
-from django.core.exceptions import ValidationError
+from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
 
@@ -29,6 +32,9 @@ from .fields import EncryptedTextField, reveal
 CRITICAL_FIELDS = ("cni", "cluster_cidr", "service_cidr", "cluster_dns", "cluster_domain")
 
 
+EXTERNAL_IP_REQUIRED = "Using the external IP requires an external IP."
+
+
 def generate_cluster_token() -> str:
     """A fresh cluster join token: 48 random hexadecimal characters (192 bits)."""
     return secrets.token_hex(24)
@@ -38,8 +44,8 @@ class SSHCredential(models.Model):
     """How the portal logs in to a cluster's hosts: user, port, private key, and whether to become root."""
 
     name = models.CharField(max_length=100, unique=True)
-    username = models.CharField(max_length=64, default="root")
-    port = models.PositiveIntegerField(default=22)
+    username = models.CharField(max_length=32, default="root", validators=[validators.validate_unix_username])
+    port = models.PositiveIntegerField(default=22, validators=[MinValueValidator(1), MaxValueValidator(65535)])
     become = models.BooleanField(default=False, help_text="Use sudo to become root on the hosts.")
     private_key = EncryptedTextField(help_text="OpenSSH or PEM private key. Stored encrypted; never shown again.")
     passphrase = EncryptedTextField(blank=True, default="", help_text="Passphrase of the private key, if any.")
@@ -57,7 +63,8 @@ class SSHCredential(models.Model):
         verbose_name = "SSH credential"
         constraints = [
             models.CheckConstraint(
-                condition=Q(port__gte=1) & Q(port__lte=65535), name="%(app_label)s_%(class)s_port_range"
+                condition=Q(port__gte=1) & Q(port__lte=65535), name="%(app_label)s_%(class)s_port_range",
+                violation_error_message="The SSH port must be between 1 and 65535.",
             ),
         ]
 
@@ -69,15 +76,16 @@ class SSHCredential(models.Model):
 
     def clean(self) -> None:
         super().clean()
-        from .sshkeys import KeyError_, load_private_key
+        from .sshkeys import KeyError_, load_private_key, normalize_private_key
 
         key_text = reveal(self.private_key)
-        if not key_text.strip():
-            raise ValidationError({"private_key": "A private key is required."})
+        if key_text == "":
+            return  # the field itself reports that it is required
         try:
             self.public_key_fingerprint = load_private_key(key_text, reveal(self.passphrase))
         except KeyError_ as exc:
             raise ValidationError({exc.field: exc.message}) from None
+        self.private_key = normalize_private_key(key_text)
 
 
 class Cluster(models.Model):
@@ -137,47 +145,87 @@ class Cluster(models.Model):
     def clean(self) -> None:
         super().clean()
         errors: dict[str, list[str]] = {}
+
+        def error(field: str, message: str) -> None:
+            errors.setdefault(field, []).append(message)
+
         if not isinstance(self.tls_san, list) or not all(isinstance(item, str) for item in self.tls_san):
-            errors.setdefault("tls_san", []).append("Enter a list of DNS names or IP addresses.")
+            error("tls_san", "Enter a list of DNS names or IP addresses.")
         else:
             for item in self.tls_san:
                 try:
                     validators.validate_address(item)
                 except ValidationError:
-                    errors.setdefault("tls_san", []).append(f"{item!r} is not an IP address or DNS name.")
-        try:
-            cluster_nets = validators.parse_cidrs(self.cluster_cidr)
-            service_nets = validators.parse_cidrs(self.service_cidr)
-        except ValueError:
-            pass  # the field validators report malformed CIDRs
-        else:
+                    error("tls_san", f"{item!r} is not an IP address or DNS name.")
+        cluster_nets = _networks_or_none(self.cluster_cidr)
+        service_nets = _networks_or_none(self.service_cidr)
+        if cluster_nets is not None:
+            self.cluster_cidr = ",".join(str(net) for net in cluster_nets)
+        if service_nets is not None:
+            self.service_cidr = ",".join(str(net) for net in service_nets)
+            for snet in service_nets:
+                # The API server refuses larger service ranges (it allocates a bitmap of the whole range).
+                limit = 12 if snet.version == 4 else 108
+                if snet.prefixlen < limit:
+                    error("service_cidr", f"The service CIDR {snet} is too large: use a prefix of /{limit} or longer.")
+        if cluster_nets is not None and service_nets is not None:
             for cnet in cluster_nets:
                 for snet in service_nets:
                     if cnet.version == snet.version and cnet.overlaps(snet):
-                        errors.setdefault("service_cidr", []).append(
-                            f"The service CIDR {snet} overlaps the cluster CIDR {cnet}."
-                        )
-            if self.cluster_dns and not any(
-                validators.is_ip_address(self.cluster_dns) and _in_network(self.cluster_dns, net) for net in service_nets
-            ):
-                errors.setdefault("cluster_dns", []).append("The cluster DNS address must lie inside the service CIDR.")
+                        error("service_cidr", f"The service CIDR {snet} overlaps the cluster CIDR {cnet}.")
+        if service_nets is not None and isinstance(self.cluster_dns, str) and validators.is_ip_address(self.cluster_dns):
+            dns = ipaddress.ip_address(self.cluster_dns)
+            home = next((net for net in service_nets if net.version == dns.version and dns in net), None)
+            if home is None:
+                error("cluster_dns", f"The cluster DNS address {dns} must lie inside the service CIDR ({self.service_cidr}).")
+            elif home.num_addresses > 2 and dns in (home.network_address, home.broadcast_address):
+                error("cluster_dns", f"The cluster DNS address {dns} is the network or broadcast address of {home}.")
         if self.pk and self.is_bootstrapped:
-            stored = Cluster.objects.filter(pk=self.pk).values(*CRITICAL_FIELDS).first()
-            if stored:
-                for field in CRITICAL_FIELDS:
-                    if str(stored[field]) != str(getattr(self, field)):
-                        errors.setdefault(field, []).append(
-                            "This value must match on every server and cannot change once the cluster is installed."
-                        )
+            self._check_frozen_values(error)
         if errors:
             raise ValidationError(errors)
 
+    def _check_frozen_values(self, error) -> None:  # type: ignore[no-untyped-def]
+        stored = Cluster.objects.filter(pk=self.pk).values(*CRITICAL_FIELDS, "cluster_vars").first()
+        if not stored:
+            return
+        frozen = "This value must match on every server and cannot change once the cluster is installed."
+        for field in CRITICAL_FIELDS:
+            before, after = str(stored[field]), str(getattr(self, field))
+            if field in ("cluster_cidr", "service_cidr"):
+                before, after = _canonical_cidrs(before), _canonical_cidrs(after)
+            elif field == "cluster_dns":
+                before, after = _canonical_ip(before), _canonical_ip(after)
+            if before != after:
+                error(field, f"{frozen} It is {stored[field]}.")
+        before_vars = validators.critical_config(stored["cluster_vars"])
+        after_vars = validators.critical_config(self.cluster_vars)
+        if before_vars != after_vars:
+            keys = ", ".join(sorted(set(before_vars) | set(after_vars)))
+            error("cluster_vars", f"{keys}: {frozen}")
 
-def _in_network(address: str, network) -> bool:  # type: ignore[no-untyped-def]
-    import ipaddress
 
-    ip = ipaddress.ip_address(address)
-    return ip.version == network.version and ip in network
+def _networks_or_none(value: object) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network] | None:
+    """The networks of a CIDR field value, or None when the value is malformed (its field validator reports it)."""
+    try:
+        validators.validate_cidr(value)  # type: ignore[arg-type]
+    except ValidationError:
+        return None
+    return validators.parse_cidrs(value)  # type: ignore[arg-type]
+
+
+def _canonical_cidrs(value: str) -> str:
+    try:
+        return validators.normalize_cidrs(value)
+    except ValueError:
+        return value
+
+
+def _canonical_ip(value: str) -> str:
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        return value
 
 
 class Node(models.Model):
@@ -209,7 +257,9 @@ class Node(models.Model):
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
-        ordering = ["cluster", "created_at", "pk"]
+        # By column, not by the cluster relation: ordering by a relation would join the cluster table into every
+        # node query to sort by its name.
+        ordering = ["cluster_id", "pk"]
         constraints = [
             # A removed node no longer occupies its name or address, so a host can be rebuilt and re-added.
             models.UniqueConstraint(
@@ -230,7 +280,7 @@ class Node(models.Model):
             models.CheckConstraint(
                 condition=Q(use_external_ip=False) | Q(external_ip__isnull=False),
                 name="%(app_label)s_%(class)s_external_ip_when_used",
-                violation_error_message="Using the external IP requires an external IP.",
+                violation_error_message=EXTERNAL_IP_REQUIRED,
             ),
         ]
         indexes = [models.Index(fields=["cluster", "status"], name="clusters_node_cluster_status")]
@@ -256,11 +306,31 @@ class Node(models.Model):
     def rke2_type(self) -> str:
         return "server" if self.is_server else "agent"
 
+    def validate_constraints(self, exclude=None) -> None:  # type: ignore[no-untyped-def]
+        # clean() reports the external-IP rule against the external_ip field; drop the constraint's duplicate.
+        try:
+            super().validate_constraints(exclude=exclude)
+        except ValidationError as exc:
+            errors = exc.update_error_dict({})
+            kept = [error for error in errors.get(NON_FIELD_ERRORS, []) if error.messages != [EXTERNAL_IP_REQUIRED]]
+            if kept:
+                errors[NON_FIELD_ERRORS] = kept
+            else:
+                errors.pop(NON_FIELD_ERRORS, None)
+            if errors:
+                raise ValidationError(errors) from None
+
     def clean(self) -> None:
         super().clean()
         errors: dict[str, list[str]] = {}
         if self.use_external_ip and not self.external_ip:
-            errors.setdefault("external_ip", []).append("Using the external IP requires an external IP.")
+            errors.setdefault("external_ip", []).append(EXTERNAL_IP_REQUIRED)
+        critical = validators.critical_config(self.node_vars)
+        if critical:
+            errors.setdefault("node_vars", []).append(
+                f"{', '.join(sorted(critical))}: must be the same on every server; set it in the cluster's extra "
+                "RKE2 config instead."
+            )
         for field, validator in (("labels", validators.validate_node_label), ("taints", validators.validate_node_taint)):
             value = getattr(self, field)
             if not isinstance(value, list):
@@ -359,7 +429,7 @@ class JobEvent(models.Model):
     ingested_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
-        ordering = ["job", "counter"]
+        ordering = ["job_id", "counter"]
         constraints = [
             models.UniqueConstraint(fields=["job", "counter"], name="%(app_label)s_%(class)s_unique_counter"),
         ]
@@ -384,7 +454,7 @@ class JobHostSummary(models.Model):
     processed = models.PositiveIntegerField(default=0)
 
     class Meta:
-        ordering = ["job", "host_name"]
+        ordering = ["job_id", "host_name"]
         verbose_name_plural = "job host summaries"
         constraints = [
             models.UniqueConstraint(fields=["job", "host_name"], name="%(app_label)s_%(class)s_unique_host"),
@@ -414,4 +484,5 @@ class AuditLog(models.Model):
         verbose_name_plural = "audit log"
 
     def __str__(self) -> str:
-        return f"{self.created_at:%Y-%m-%d %H:%M:%S} {self.action} {self.object_repr}"
+        when = f"{self.created_at:%Y-%m-%d %H:%M:%S} " if self.created_at else ""
+        return f"{when}{self.action} {self.object_repr}".strip()

@@ -8,6 +8,7 @@ exists and ``DJANGO_READ_DOT_ENV_FILE`` is not false; ``scripts/run`` creates on
 from pathlib import Path
 
 import environ
+from celery.schedules import crontab
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -146,21 +147,48 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
 else:
     # A playbook task is acknowledged on receipt, but keep the visibility timeout above the longest job anyway.
     CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=6 * 3600)}
+    # Lets several portals (or test runs) share one Redis database without seeing each other's queues.
+    if env("CELERY_BROKER_KEY_PREFIX", default=""):
+        CELERY_BROKER_TRANSPORT_OPTIONS["global_keyprefix"] = env("CELERY_BROKER_KEY_PREFIX")
 CELERY_TASK_IGNORE_RESULT = True
 CELERY_RESULT_BACKEND = None
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
+# Playbook jobs run one at a time per worker process and are acknowledged on receipt (never redelivered).
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_ACKS_LATE = False
+CELERY_TASK_DEFAULT_QUEUE = "celery"
+CELERY_TASK_ROUTES = {"clusters.run_job": {"queue": "playbooks"}}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_WORKER_SEND_TASK_EVENTS = False
+CELERY_BEAT_SCHEDULE = {
+    "reap-lost-jobs": {"task": "clusters.reap_lost_jobs", "schedule": env.float("JOB_REAPER_INTERVAL_SECONDS", default=60.0)},
+    "purge-job-events": {
+        "task": "clusters.purge_job_events",
+        "schedule": crontab(hour=env.int("JOB_EVENT_PURGE_HOUR", default=3), minute=17),
+    },
+}
 
 # Job engine.
 JOBS_WORK_DIR = Path(env("JOBS_WORK_DIR", default=str(DATA_DIR / "jobs")))
+# Whole-job and no-output limits (a job's own timeout_seconds/idle_timeout_seconds win when set).
 JOB_TIMEOUT_SECONDS = env.int("JOB_TIMEOUT_SECONDS", default=4 * 3600)
 JOB_IDLE_TIMEOUT_SECONDS = env.int("JOB_IDLE_TIMEOUT_SECONDS", default=30 * 60)
+# A running job bumps its heartbeat this often; without one for JOB_LOST_AFTER_SECONDS its worker is lost.
 JOB_HEARTBEAT_SECONDS = env.int("JOB_HEARTBEAT_SECONDS", default=10)
 JOB_LOST_AFTER_SECONDS = env.int("JOB_LOST_AFTER_SECONDS", default=90)
+# How often a running job looks for a cancel request, and how long ansible-runner waits per output poll.
+JOB_CANCEL_POLL_SECONDS = env.float("JOB_CANCEL_POLL_SECONDS", default=1.0)
+JOB_PEXPECT_TIMEOUT_SECONDS = env.float("JOB_PEXPECT_TIMEOUT_SECONDS", default=1.0)
+# Event ingestion: events are written in batches of up to JOB_EVENT_BATCH_SIZE, at least every
+# JOB_EVENT_FLUSH_SECONDS; at most JOB_EVENT_QUEUE_SIZE events wait in memory.
+JOB_EVENT_BATCH_SIZE = env.int("JOB_EVENT_BATCH_SIZE", default=200)
+JOB_EVENT_FLUSH_SECONDS = env.float("JOB_EVENT_FLUSH_SECONDS", default=0.5)
+JOB_EVENT_QUEUE_SIZE = env.int("JOB_EVENT_QUEUE_SIZE", default=10000)
+# Module results longer than this many characters are dropped from stored event data.
+JOB_EVENT_MAX_RESULT_CHARS = env.int("JOB_EVENT_MAX_RESULT_CHARS", default=200000)
 JOB_EVENT_RETENTION_DAYS = env.int("JOB_EVENT_RETENTION_DAYS", default=90)
 ANSIBLE_DIR = Path(env("ANSIBLE_DIR", default=str(BASE_DIR / "ansible")))
 # How RKE2 reaches the hosts: "script" (the official install script, pinned version) or "airgap" (artifacts

@@ -10,7 +10,7 @@ from django.db import IntegrityError, transaction
 
 from ..choices import ACTIVE_JOB_STATUSES, LIVE_NODE_STATUSES, SERVER_ROLES, NodeRole, NodeStatus
 from ..exceptions import InvalidState
-from ..models import Cluster, Node
+from ..models import Cluster, Node, SSHCredential
 from .audit import audit_record
 
 __all__ = [
@@ -34,28 +34,63 @@ CLUSTER_FIELDS = (
 _ROLE_ALIASES = {"server": "server", "agent": NodeRole.WORKER.value, "": ""}
 
 
-def normalize_node_roles(nodes: Sequence[Mapping[str, Any]], *, has_initial_master: bool = False) -> list[dict[str, Any]]:
-    """Resolve node roles: ``server`` and ``agent`` are accepted as RKE2 types; a node without a role is a worker,
-    unless no role was given at all, in which case the first node is the initial master.
+def _requested_role(spec: Mapping[str, Any]) -> str:
+    role = str(spec.get("role") or "").strip().lower()
+    return _ROLE_ALIASES.get(role, role)
 
-    Among servers, the first one becomes ``initial_master`` when the cluster has none, the others ``master``.
+
+def normalize_node_roles(nodes: Sequence[Mapping[str, Any]], *, has_initial_master: bool = False) -> list[dict[str, Any]]:
+    """Resolve node roles, returning copies of the specs with ``role`` set.
+
+    ``server`` and ``agent`` are accepted as RKE2 types (``agent`` is a worker). When neither the cluster
+    (``has_initial_master``) nor the specs have an initial master, the first server (given as ``server`` or
+    ``master``) becomes the ``initial_master``; other servers are ``master``. A node without a role is a worker,
+    unless no node has a role at all, in which case the first node is the initial master (when there is none).
+    Entries that are not mappings are passed through for the validation to report.
     """
-    specs = [dict(node) for node in nodes]
-    no_roles_given = all(not spec.get("role") for spec in specs)
-    initial_taken = has_initial_master or any(spec.get("role") == NodeRole.INITIAL_MASTER for spec in specs)
-    for index, spec in enumerate(specs):
-        role = str(spec.get("role") or "").strip().lower()
-        role = _ROLE_ALIASES.get(role, role)
+    specs: list[Any] = [dict(node) if isinstance(node, Mapping) else node for node in nodes]
+    mappings = [spec for spec in specs if isinstance(spec, dict)]
+    no_roles_given = all(not spec.get("role") for spec in mappings)
+    initial_taken = has_initial_master or any(_requested_role(spec) == NodeRole.INITIAL_MASTER for spec in mappings)
+    for position, spec in enumerate(mappings):
+        role = _requested_role(spec)
         if not role:
-            role = "server" if (no_roles_given and index == 0 and not initial_taken) else NodeRole.WORKER.value
-        if role == "server":
-            if not initial_taken:
-                role = NodeRole.INITIAL_MASTER.value
-                initial_taken = True
-            else:
-                role = NodeRole.MASTER.value
+            role = "server" if (no_roles_given and position == 0 and not initial_taken) else NodeRole.WORKER.value
+        if role in ("server", NodeRole.MASTER) and not initial_taken:
+            role = NodeRole.INITIAL_MASTER.value
+            initial_taken = True
+        elif role == "server":
+            role = NodeRole.MASTER.value
         spec["role"] = role
     return specs
+
+
+def _require_node_list(nodes: Any) -> None:
+    if isinstance(nodes, (str, bytes, Mapping)) or not isinstance(nodes, Sequence):
+        raise ValidationError({"nodes": ["Enter a list of nodes."]})
+
+
+def _resolve_credential(value: Any) -> SSHCredential | None:
+    """An SSH credential given as an instance or a primary key."""
+    if value is None or value == "" or isinstance(value, SSHCredential):
+        return value or None
+    try:
+        pk = int(value)
+    except (TypeError, ValueError):
+        raise ValidationError({"ssh_credential": ["Enter the id of an SSH credential."]}) from None
+    credential = SSHCredential.objects.filter(pk=pk).first()
+    if credential is None:
+        raise ValidationError({"ssh_credential": [f"There is no SSH credential with id {pk}."]})
+    return credential
+
+
+def _refuse_while_job_active(cluster: Cluster, action: str) -> None:
+    active = cluster.jobs.filter(status__in=ACTIVE_JOB_STATUSES).first()
+    if active is not None:
+        raise InvalidState(
+            f"Cannot {action} while a job is active on the cluster ({active.get_kind_display()} #{active.pk}, "
+            f"{active.status}); wait for it or cancel it."
+        )
 
 
 def _build_nodes(cluster: Cluster, specs: Sequence[Mapping[str, Any]], *, prefix: str = "nodes") -> list[Node]:
@@ -64,6 +99,9 @@ def _build_nodes(cluster: Cluster, specs: Sequence[Mapping[str, Any]], *, prefix
     nodes: list[Node] = []
     seen: dict[tuple[str, str], int] = {}
     for index, spec in enumerate(specs):
+        if not isinstance(spec, Mapping):
+            errors[f"{prefix}[{index}]"] = ["Enter a mapping of node fields (hostname, internal_ip, role, ...)."]
+            continue
         unknown = set(spec) - set(NODE_FIELDS)
         if unknown:
             errors[f"{prefix}[{index}]"] = [f"Unknown field(s): {', '.join(sorted(unknown))}."]
@@ -125,16 +163,28 @@ def _save_nodes(nodes: Iterable[Node]) -> list[Node]:
 
 @transaction.atomic
 def cluster_create(*, nodes: Sequence[Mapping[str, Any]] = (), actor: Any = None, **fields: Any) -> Cluster:
-    """Create a cluster and its nodes (all pending) in one transaction; a fresh join token is generated."""
+    """Create a cluster and its nodes (all pending) in one transaction; a fresh join token is generated.
+
+    Node roles are resolved by :func:`normalize_node_roles`. Errors are collected for the cluster's fields and
+    every node (keyed ``nodes[i].field``) and raised together.
+    """
     unknown = set(fields) - set(CLUSTER_FIELDS)
     if unknown:
         raise ValidationError({field: ["Unknown field."] for field in sorted(unknown)})
-    cluster = Cluster(**fields)
+    _require_node_list(nodes)
     errors: dict[str, list[str]] = {}
+    if "ssh_credential" in fields:
+        try:
+            fields["ssh_credential"] = _resolve_credential(fields["ssh_credential"])
+        except ValidationError as exc:
+            errors.update(exc.message_dict)
+            fields.pop("ssh_credential")
+    cluster = Cluster(**fields)
     try:
         cluster.full_clean()
     except ValidationError as exc:
-        errors.update(exc.message_dict)
+        for field, messages in exc.message_dict.items():
+            errors.setdefault(field, []).extend(messages)
     specs = normalize_node_roles(nodes)
     try:
         built = _build_nodes(cluster, specs)
@@ -145,7 +195,11 @@ def cluster_create(*, nodes: Sequence[Mapping[str, Any]] = (), actor: Any = None
         built = []
     if errors:
         raise ValidationError(errors)
-    cluster.save()
+    try:
+        with transaction.atomic():
+            cluster.save()
+    except IntegrityError as exc:  # a concurrent request took the name first
+        raise ValidationError({"name": ["A cluster with this name already exists."]}) from exc
     for node in built:
         node.cluster = cluster
     _save_nodes(built)
@@ -156,19 +210,34 @@ def cluster_create(*, nodes: Sequence[Mapping[str, Any]] = (), actor: Any = None
 @transaction.atomic
 def cluster_update(*, cluster: Cluster, data: Mapping[str, Any], actor: Any = None) -> Cluster:
     """Change a cluster's settings. Critical values are frozen once bootstrapped; the version changes through an
-    upgrade job only."""
+    upgrade job only. On a validation error the instance is left as it was."""
     unknown = set(data) - set(CLUSTER_FIELDS)
     if unknown:
         raise ValidationError({field: ["Unknown field."] for field in sorted(unknown)})
+    data = dict(data)
+    if "ssh_credential" in data:
+        data["ssh_credential"] = _resolve_credential(data["ssh_credential"])
     if cluster.is_bootstrapped and "rke2_version" in data and data["rke2_version"] != cluster.rke2_version:
         raise ValidationError({"rke2_version": ["The cluster is installed: change its version with an upgrade job."]})
-    changed = [field for field, value in data.items() if getattr(cluster, field) != value]
+    original = {field: getattr(cluster, field) for field in data}
     for field, value in data.items():
         setattr(cluster, field, value)
-    cluster.full_clean()
-    cluster.save()
+    try:
+        cluster.full_clean()
+    except ValidationError:
+        for field, value in original.items():
+            setattr(cluster, field, value)
+        raise
+    changed = sorted(field for field in data if getattr(cluster, field) != original[field])
+    try:
+        with transaction.atomic():
+            cluster.save()
+    except IntegrityError as exc:
+        for field, value in original.items():
+            setattr(cluster, field, value)
+        raise ValidationError({"name": ["A cluster with this name already exists."]}) from exc
     if changed:
-        audit_record(action="cluster.update", actor=actor, cluster=cluster, detail={"fields": sorted(changed)})
+        audit_record(action="cluster.update", actor=actor, cluster=cluster, detail={"fields": changed})
     return cluster
 
 
@@ -186,8 +255,10 @@ def cluster_delete(*, cluster: Cluster, actor: Any = None) -> None:
 def nodes_add(*, cluster: Cluster, nodes: Sequence[Mapping[str, Any]], actor: Any = None) -> list[Node]:
     """Add pending nodes to a cluster. Servers given as ``server`` become masters (initial master only when the
     cluster has none yet)."""
+    _require_node_list(nodes)
     if not nodes:
         raise ValidationError({"nodes": ["Give at least one node."]})
+    _refuse_while_job_active(cluster, "add nodes")
     has_initial = cluster.cluster_nodes.exclude(status=NodeStatus.REMOVED).filter(role=NodeRole.INITIAL_MASTER).exists()
     specs = normalize_node_roles(nodes, has_initial_master=has_initial or cluster.is_bootstrapped)
     built = _build_nodes(cluster, specs)
@@ -201,29 +272,50 @@ def nodes_add(*, cluster: Cluster, nodes: Sequence[Mapping[str, Any]], actor: An
 def nodes_mark_for_removal(*, cluster: Cluster, hostnames: Sequence[str], actor: Any = None) -> list[Node]:
     """Mark nodes for removal (status ``draining``); a scale-in job takes them off their hosts.
 
-    Guards etcd quorum: at most one server per removal, never the last server, and no server while another
-    server is unhealthy. Nodes that were never installed are removed at once.
+    Guards etcd quorum: at most one installed server per removal, never the last server, and no server while
+    another server is not active. The server that is the cluster's registration address (the initial master when
+    no registration address is set) is kept until the address points elsewhere. Nodes that were never installed
+    (pending) are removed at once. Refused while a job is active.
     """
-    if not hostnames:
-        raise ValidationError({"hostnames": ["Give at least one host name."]})
-    live = list(cluster.cluster_nodes.filter(status__in=LIVE_NODE_STATUSES).select_for_update())
-    by_name = {node.hostname: node for node in live}
-    missing = [name for name in hostnames if name not in by_name]
-    if missing:
-        raise ValidationError({"hostnames": [f"No live node named {name!r} in this cluster." for name in missing]})
+    if isinstance(hostnames, (str, bytes)) or not isinstance(hostnames, Sequence) or not hostnames:
+        raise ValidationError({"hostnames": ["Give a list of at least one host name."]})
+    _refuse_while_job_active(cluster, "remove nodes")
+    nodes = list(cluster.cluster_nodes.exclude(status=NodeStatus.REMOVED).select_for_update())
+    by_name = {node.hostname: node for node in nodes}
+    errors = []
+    for name in dict.fromkeys(hostnames):
+        node = by_name.get(name)
+        if node is None:
+            errors.append(f"No node named {name!r} in this cluster.")
+        elif node.status == NodeStatus.DRAINING:
+            errors.append(f"{name} is already marked for removal.")
+    if errors:
+        raise ValidationError({"hostnames": errors})
     targets = [by_name[name] for name in dict.fromkeys(hostnames)]
-    servers = [node for node in live if node.role in SERVER_ROLES]
+    live = [node for node in nodes if node.status in LIVE_NODE_STATUSES]
     target_servers = [node for node in targets if node.role in SERVER_ROLES and node.status != NodeStatus.PENDING]
     if target_servers:
-        remaining = [node for node in servers if node not in targets and node.status != NodeStatus.PENDING]
         if len(target_servers) > 1:
             raise ValidationError({"hostnames": ["Remove one server at a time, so that etcd keeps its quorum."]})
+        target = target_servers[0]
+        remaining = [
+            node for node in live
+            if node.role in SERVER_ROLES and node not in targets and node.status != NodeStatus.PENDING
+        ]
         if not remaining:
-            raise ValidationError({"hostnames": ["This would remove the cluster's last server."]})
+            raise ValidationError({"hostnames": [f"{target.hostname} is the cluster's last server."]})
         unhealthy = [node.hostname for node in remaining if node.status != NodeStatus.ACTIVE]
         if unhealthy:
             raise ValidationError(
                 {"hostnames": [f"Servers {', '.join(unhealthy)} are not active: removing another server could break etcd quorum."]}
+            )
+        address = cluster.registration_address
+        if (not address and target.role == NodeRole.INITIAL_MASTER) or address in (target.internal_ip, target.external_ip):
+            raise ValidationError(
+                {"hostnames": [
+                    f"{target.hostname} is the address the other nodes register with. Set the cluster's registration "
+                    "address to another server, a VIP or a DNS name first."
+                ]}
             )
     never_installed = [node.pk for node in targets if node.status == NodeStatus.PENDING]
     installed = [node.pk for node in targets if node.status != NodeStatus.PENDING]

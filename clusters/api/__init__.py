@@ -1,0 +1,1 @@
+"""The REST API for integrations (Django REST Framework), mounted under /api/."""

@@ -1,0 +1,307 @@
+"""Endpoints that request jobs: install, upgrade, uninstall, preflight, fetch-kubeconfig, health and scaling.
+
+Jobs are enqueued when the request's transaction commits. The tests capture the commit callbacks without running
+them, then run them against a recording stand-in for the task's ``apply_async``: no broker is needed, and the job
+engine's own tests cover the worker side.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from clusters.choices import JobKind, JobStatus, NodeStatus
+from clusters.models import AuditLog, Job, Node
+from clusters.tasks import run_job
+
+from .conftest import make_job
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Messages the job task would have sent to the broker."""
+    messages: list[dict[str, Any]] = []
+    monkeypatch.setattr(run_job, "apply_async", lambda *args, **kwargs: messages.append(kwargs))
+    return messages
+
+
+def run_callbacks(callbacks: list[Any]) -> None:
+    for callback in callbacks:
+        callback()
+
+
+def assert_accepted(response: Any, kind: str) -> Job:
+    assert response.status_code == 202, response.json()
+    body = response.json()
+    job = Job.objects.get(pk=body["id"])
+    assert job.kind == kind
+    assert job.status == JobStatus.PENDING
+    assert body["url"] == f"http://testserver/api/jobs/{job.pk}/"
+    assert response["Location"] == body["url"]
+    assert body["stages"] == job.stages
+    return job
+
+
+def test_install_enqueues_one_job_after_commit(api, cluster, operator, enqueued, sent):
+    response = api.post(f"/api/clusters/{cluster.pk}/install/", {}, format="json")
+
+    job = assert_accepted(response, JobKind.INSTALL)
+    assert job.stages == ["initial_master", "joining_masters", "workers", "all"]
+    assert job.requested_by == operator
+    assert job.params == {"resume": False}
+    assert len(enqueued) == 1 and sent == []  # nothing is sent before the commit
+    run_callbacks(enqueued)
+    assert sent == [{"args": [job.pk], "task_id": job.celery_task_id, "queue": "playbooks"}]
+    assert AuditLog.objects.filter(action="job.request.install", cluster=cluster, actor=operator).exists()
+
+
+def test_install_conflicts_with_an_active_job(api, cluster, enqueued):
+    active = make_job(cluster, kind=JobKind.PREFLIGHT, status=JobStatus.RUNNING)
+
+    response = api.post(f"/api/clusters/{cluster.pk}/install/", {}, format="json")
+
+    assert response.status_code == 409
+    body = response.json()
+    assert body["code"] == "job_conflict"
+    assert f"#{active.pk}" in body["message"]
+    assert body["extra"] == {"job_id": active.pk, "job_kind": "preflight", "job_status": "running"}
+    assert enqueued == []
+
+
+def test_install_resume_needs_a_failed_install(api, cluster, enqueued):
+    response = api.post(f"/api/clusters/{cluster.pk}/install/", {"resume": True}, format="json")
+
+    assert response.status_code == 400
+    assert "resume" in response.json()["errors"]
+    assert enqueued == []
+
+
+def test_install_resume_starts_at_the_failed_stage(api, cluster, enqueued):
+    failed = make_job(cluster, kind=JobKind.INSTALL, status=JobStatus.FAILED, stage="workers")
+
+    response = api.post(f"/api/clusters/{cluster.pk}/install/", {"resume": True}, format="json")
+
+    job = assert_accepted(response, JobKind.INSTALL)
+    assert job.stages == ["workers", "all"]
+    assert response.json()["resume_of"] == failed.pk
+
+
+def test_install_refused_for_an_installed_cluster(api, installed_cluster, enqueued):
+    response = api.post(f"/api/clusters/{installed_cluster.pk}/install/", {}, format="json")
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "invalid_state"
+
+
+def test_install_needs_a_credential(api, make_cluster, enqueued):
+    cluster = make_cluster("nocred", ssh_credential=None)
+
+    response = api.post(f"/api/clusters/{cluster.pk}/install/", {}, format="json")
+
+    assert response.status_code == 409
+    assert "SSH credential" in response.json()["message"]
+
+
+@pytest.mark.parametrize(
+    "payload, field",
+    [
+        ({"resume": "yes"}, "resume"),
+        ({"resume": 1}, "resume"),
+        ({"workers_batch": "0"}, "workers_batch"),
+        ({"workers_batch": "150%x"}, "workers_batch"),
+        ({"drain_timeout": -1}, "drain_timeout"),
+        ({"drain_timeout": 10**12}, "drain_timeout"),
+    ],
+)
+def test_job_options_are_validated(api, cluster, payload, field, enqueued):
+    response = api.post(f"/api/clusters/{cluster.pk}/install/", payload, format="json")
+
+    assert response.status_code == 400
+    assert field in response.json()["errors"]
+
+
+def test_job_options_are_stored(api, cluster, enqueued):
+    response = api.post(
+        f"/api/clusters/{cluster.pk}/install/", {"workers_batch": "25%", "drain_timeout": 300}, format="json"
+    )
+    job = assert_accepted(response, JobKind.INSTALL)
+    assert job.params == {"resume": False, "workers_batch": "25%", "drain_timeout": 300}
+
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.CANCELED)
+    response = api.post(f"/api/clusters/{cluster.pk}/preflight/", {"workers_batch": "2"}, format="json")
+    assert assert_accepted(response, JobKind.PREFLIGHT).params == {"workers_batch": 2}
+
+
+def test_upgrade(api, installed_cluster, enqueued):
+    response = api.post(
+        f"/api/clusters/{installed_cluster.pk}/upgrade/", {"target_version": "v1.32.1+rke2r1"}, format="json"
+    )
+
+    job = assert_accepted(response, JobKind.UPGRADE)
+    assert job.stages == ["upgrade"]
+    assert job.params == {"target_version": "v1.32.1+rke2r1", "allow_downgrade": False, "allow_minor_skip": False}
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{}, {"target_version": "latest"}, {"target_version": "v1.30.1+rke2r1"}, {"target_version": "v1.34.1+rke2r1"}],
+)
+def test_upgrade_refuses_bad_targets(api, installed_cluster, payload, enqueued):
+    response = api.post(f"/api/clusters/{installed_cluster.pk}/upgrade/", payload, format="json")
+
+    assert response.status_code == 400
+    assert "target_version" in response.json()["errors"]
+
+
+def test_upgrade_needs_an_installed_cluster(api, cluster, enqueued):
+    response = api.post(f"/api/clusters/{cluster.pk}/upgrade/", {"target_version": "v1.32.1+rke2r1"}, format="json")
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "invalid_state"
+
+
+def test_uninstall_needs_the_name_as_confirmation(api, installed_cluster, enqueued):
+    url = f"/api/clusters/{installed_cluster.pk}/uninstall/"
+
+    response = api.post(url, {"confirm": "something-else"}, format="json")
+    assert response.status_code == 400
+    assert "confirm" in response.json()["errors"]
+
+    response = api.post(url, {"confirm": installed_cluster.name}, format="json")
+    job = assert_accepted(response, JobKind.UNINSTALL)
+    assert "confirm" not in job.params
+
+
+def test_preflight(api, cluster, enqueued):
+    job = assert_accepted(api.post(f"/api/clusters/{cluster.pk}/preflight/", {}, format="json"), JobKind.PREFLIGHT)
+    assert job.stages == ["preflight"]
+
+
+def test_preflight_accepts_an_empty_body(api, cluster, enqueued):
+    assert_accepted(api.post(f"/api/clusters/{cluster.pk}/preflight/"), JobKind.PREFLIGHT)
+
+
+@pytest.mark.parametrize("path, kind", [("fetch-kubeconfig", JobKind.FETCH_KUBECONFIG), ("health", JobKind.HEALTH)])
+def test_maintenance_jobs(api, installed_cluster, path, kind, enqueued):
+    assert_accepted(api.post(f"/api/clusters/{installed_cluster.pk}/{path}/", {}, format="json"), kind)
+
+
+def test_job_request_on_unknown_cluster(api, enqueued):
+    response = api.post("/api/clusters/555555/preflight/", {}, format="json")
+
+    assert response.status_code == 404
+
+
+# --- scaling ----------------------------------------------------------------------------------------------------
+
+
+def test_scale_add(api, installed_cluster, enqueued, sent):
+    nodes = [{"hostname": "node4", "internal_ip": "10.0.0.4"}, {"hostname": "node5", "internal_ip": "10.0.0.5", "role": "server"}]
+
+    response = api.post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": nodes}, format="json")
+
+    assert response.status_code == 202, response.json()
+    body = response.json()
+    assert [(n["hostname"], n["role"], n["status"]) for n in body["nodes"]] == [
+        ("node4", "worker", "pending"),
+        ("node5", "master", "pending"),
+    ]
+    job = Job.objects.get(pk=body["job"]["id"])
+    assert job.kind == JobKind.SCALE_ADD
+    assert job.stages == ["joining_masters", "workers"]
+    assert response["Location"] == body["job"]["url"]
+    run_callbacks(enqueued)
+    assert [message["args"] for message in sent] == [[job.pk]]
+
+
+def test_scale_add_keeps_nothing_when_the_job_is_refused(api, cluster, enqueued):
+    nodes = [{"hostname": "node9", "internal_ip": "10.0.0.9"}]
+
+    response = api.post(f"/api/clusters/{cluster.pk}/scale/add/", {"nodes": nodes}, format="json")
+
+    assert response.status_code == 409  # not installed yet
+    assert not Node.objects.filter(hostname="node9").exists()
+    assert not Job.objects.exists()
+    assert enqueued == []
+
+
+def test_scale_add_refused_while_a_job_is_active(api, installed_cluster, enqueued):
+    make_job(installed_cluster, kind=JobKind.HEALTH, status=JobStatus.PENDING)
+
+    response = api.post(
+        f"/api/clusters/{installed_cluster.pk}/scale/add/",
+        {"nodes": [{"hostname": "node9", "internal_ip": "10.0.0.9"}]}, format="json",
+    )
+
+    assert response.status_code == 409
+    assert response.json()["code"] == "job_conflict"
+    assert not Node.objects.filter(hostname="node9").exists()
+
+
+def test_scale_add_reports_node_errors(api, installed_cluster, enqueued):
+    nodes = [{"hostname": "node1", "internal_ip": "10.0.0.8"}, {"hostname": "node8", "internal_ip": "nope"}]
+
+    response = api.post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": nodes}, format="json")
+
+    assert response.status_code == 400
+    errors = response.json()["errors"]
+    assert "nodes[1].internal_ip" in errors
+    assert not Node.objects.filter(hostname="node8").exists()
+
+
+def test_scale_add_needs_nodes(api, installed_cluster, enqueued):
+    response = api.post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": []}, format="json")
+
+    assert response.status_code == 400
+    assert "nodes" in response.json()["errors"]
+
+
+def test_scale_remove(api, installed_cluster, enqueued):
+    response = api.post(
+        f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": ["node3"], "ungraceful": True}, format="json"
+    )
+
+    assert response.status_code == 202, response.json()
+    body = response.json()
+    assert [(n["hostname"], n["status"]) for n in body["nodes"]] == [("node3", "draining")]
+    job = Job.objects.get(pk=body["job"]["id"])
+    assert job.kind == JobKind.SCALE_REMOVE
+    assert job.params == {"ungraceful": True}
+    assert len(enqueued) == 1
+
+
+def test_scale_remove_of_never_installed_nodes_needs_no_job(api, installed_cluster, enqueued):
+    Node.objects.create(cluster=installed_cluster, hostname="spare", internal_ip="10.0.0.50")
+
+    response = api.post(f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": ["spare"]}, format="json")
+
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["job"] is None
+    assert body["nodes"][0]["status"] == NodeStatus.REMOVED
+    assert not Job.objects.exists()
+    assert enqueued == []
+
+
+@pytest.mark.parametrize(
+    "hostnames, message",
+    [(["node1"], "last server"), (["ghost"], "ghost")],
+)
+def test_scale_remove_refusals(api, installed_cluster, hostnames, message, enqueued):
+    response = api.post(f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": hostnames}, format="json")
+
+    assert response.status_code == 400
+    assert message in " ".join(response.json()["errors"]["hostnames"])
+    assert not Node.objects.filter(status=NodeStatus.DRAINING).exists()
+
+
+def test_scale_remove_refused_while_a_job_is_active(api, installed_cluster, enqueued):
+    make_job(installed_cluster, kind=JobKind.HEALTH, status=JobStatus.RUNNING)
+
+    response = api.post(f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": ["node3"]}, format="json")
+
+    assert response.status_code == 409
+    assert Node.objects.get(cluster=installed_cluster, hostname="node3").status == NodeStatus.ACTIVE

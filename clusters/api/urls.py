@@ -1,0 +1,24 @@
+"""Routes of the API (mounted under /api/ by the project's URLconf)."""
+
+from __future__ import annotations
+
+from django.urls import path
+from rest_framework.routers import SimpleRouter
+
+from .views import ClusterNodeViewSet, ClusterViewSet, CredentialViewSet, JobViewSet
+
+app_name = "clusters-api"
+
+router = SimpleRouter()
+router.register("clusters", ClusterViewSet, basename="cluster")
+router.register("jobs", JobViewSet, basename="job")
+router.register("credentials", CredentialViewSet, basename="credential")
+
+urlpatterns = [
+    path(
+        "clusters/<int:cluster_pk>/nodes/",
+        ClusterNodeViewSet.as_view({"get": "list"}),
+        name="cluster-nodes",
+    ),
+    *router.urls,
+]

@@ -1,0 +1,240 @@
+"""Storing Ansible events: a bounded in-memory queue fed by ansible-runner, drained by a writer thread.
+
+ansible-runner calls its ``event_handler`` synchronously while it reads the playbook's output, so the handler
+only appends to a queue (:meth:`EventWriter.put`). A writer thread with its own database connection turns the
+queued events into :class:`~clusters.models.JobEvent` rows (secrets masked, NULs removed) and inserts them with
+``bulk_create(ignore_conflicts=True)`` in batches, flushed when a batch is full or its oldest event has waited
+for the flush interval. ``(job, counter)`` is unique, so inserting a batch again never duplicates a row; when a
+batch insert fails, its rows are inserted one by one so that one bad event does not lose the others.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+
+from django.db import connection
+
+from ..models import JobEvent
+from .redaction import Redactor
+
+__all__ = ["EventWriter", "QueuedEvent", "build_event"]
+
+logger = logging.getLogger(__name__)
+
+# Events whose host result counts as a failure (unless the task ignores errors).
+FAILURE_EVENTS = frozenset({"runner_on_failed", "runner_on_async_failed", "runner_item_on_failed", "runner_on_unreachable"})
+CHANGE_EVENTS = frozenset({"runner_on_ok", "runner_item_on_ok", "runner_on_async_ok"})
+_TEXT_LIMITS = {"play": 1024, "role": 1024, "task": 1024, "task_action": 128, "host_name": 255, "uuid": 64, "parent_uuid": 64}
+_INSERT_ATTEMPTS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class QueuedEvent:
+    """An event as received from ansible-runner, with the job-wide counter and stage it belongs to."""
+
+    counter: int
+    stage: str
+    data: Mapping[str, Any]
+
+
+def _parse_created(value: Any) -> datetime | None:
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        created = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return created if created.tzinfo else created.replace(tzinfo=timezone.utc)
+
+
+def _limit(value: Any, field: str) -> str:
+    text = value if isinstance(value, str) else ("" if value is None else str(value))
+    return text[: _TEXT_LIMITS[field]]
+
+
+def build_event(job_id: int, item: QueuedEvent, redactor: Redactor) -> JobEvent:
+    """The :class:`JobEvent` row for one queued event, secrets masked."""
+    raw = item.data
+    name = str(raw.get("event") or "")
+    data = raw.get("event_data")
+    data = redactor.data(data) if isinstance(data, dict) else {}
+    if name in FAILURE_EVENTS:
+        failed = not data.get("ignore_errors", False)
+    elif name == "playbook_on_stats":
+        failed = bool(data.get("failures") or data.get("dark"))
+    else:
+        failed = False
+    if name == "playbook_on_stats":
+        changed = bool(data.get("changed"))
+    elif name in CHANGE_EVENTS:
+        res = data.get("res")
+        changed = bool(res.get("changed")) if isinstance(res, dict) else False
+    else:
+        changed = False
+    return JobEvent(
+        job_id=job_id,
+        counter=item.counter,
+        stage=item.stage[:40],
+        uuid=_limit(raw.get("uuid"), "uuid"),
+        parent_uuid=_limit(raw.get("parent_uuid"), "parent_uuid"),
+        event=name[:100],
+        host_name=redactor.text(_limit(data.get("host"), "host_name")),
+        play=redactor.text(_limit(data.get("play"), "play")),
+        role=redactor.text(_limit(data.get("role"), "role")),
+        task=redactor.text(_limit(data.get("task"), "task")),
+        task_action=_limit(data.get("task_action") or data.get("resolved_action"), "task_action"),
+        stdout=redactor.text(str(raw.get("stdout") or "")),
+        start_line=max(0, int(raw.get("start_line") or 0)),
+        end_line=max(0, int(raw.get("end_line") or 0)),
+        event_data=data,
+        failed=failed,
+        changed=changed,
+        created=_parse_created(raw.get("created")),
+    )
+
+
+_STOP = object()
+_SYNC = object()
+
+
+class EventWriter:
+    """Writes one job's events to the database from a background thread.
+
+    :meth:`put` is O(1) and never raises. :meth:`close` writes what is queued and stops the thread. ``emitted``
+    counts events handed to :meth:`put`, ``dropped`` those that could not be queued or stored.
+    """
+
+    def __init__(
+        self,
+        *,
+        job_id: int,
+        redactor: Redactor,
+        batch_size: int = 200,
+        flush_seconds: float = 0.5,
+        queue_size: int = 10000,
+        put_timeout: float = 10.0,
+    ) -> None:
+        self.job_id = job_id
+        self.redactor = redactor
+        self.batch_size = max(1, batch_size)
+        self.flush_seconds = max(0.01, flush_seconds)
+        self.put_timeout = put_timeout
+        self.emitted = 0
+        self.dropped = 0
+        self.stored = 0
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, queue_size))
+        self._thread = threading.Thread(target=self._run, name=f"job-{job_id}-events", daemon=True)
+        self._started = False
+
+    def start(self) -> EventWriter:
+        self._thread.start()
+        self._started = True
+        return self
+
+    def put(self, item: QueuedEvent) -> None:
+        """Queue one event. When the queue is full (the database is slow or down), wait up to ``put_timeout``
+        seconds, which slows the playbook's output down rather than losing events; then drop the event."""
+        self.emitted += 1
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            try:
+                self._queue.put(item, timeout=self.put_timeout)
+            except queue.Full:
+                self.dropped += 1
+        except Exception:  # noqa: BLE001 - the event handler must never raise into ansible-runner
+            self.dropped += 1
+
+    def sync(self, timeout: float = 30.0) -> bool:
+        """Wait until every event queued so far is written. Returns False on timeout."""
+        if not self._started or not self._thread.is_alive():
+            return False
+        done = threading.Event()
+        self._queue.put((_SYNC, done))
+        return done.wait(timeout)
+
+    def close(self, timeout: float | None = 120.0) -> None:
+        """Write the queued events and stop the thread."""
+        if not self._started:
+            return
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            logger.error("job %s: the event writer did not finish within %s s", self.job_id, timeout)
+
+    # Writer thread.
+
+    def _run(self) -> None:
+        batch: list[JobEvent] = []
+        deadline = 0.0
+        try:
+            while True:
+                timeout = max(0.0, deadline - time.monotonic()) if batch else None
+                try:
+                    item = self._queue.get(timeout=timeout)
+                except queue.Empty:
+                    item = None
+                if item is _STOP:
+                    self._write(batch)
+                    return
+                if isinstance(item, tuple) and item and item[0] is _SYNC:
+                    self._write(batch)
+                    batch = []
+                    item[1].set()
+                    continue
+                if item is not None:
+                    try:
+                        batch.append(build_event(self.job_id, item, self.redactor))
+                    except Exception:  # noqa: BLE001 - one malformed event must not stop the writer
+                        logger.exception("job %s: could not read event %s", self.job_id, getattr(item, "counter", "?"))
+                        self.dropped += 1
+                    if len(batch) == 1:
+                        deadline = time.monotonic() + self.flush_seconds
+                if batch and (len(batch) >= self.batch_size or time.monotonic() >= deadline):
+                    self._write(batch)
+                    batch = []
+        finally:
+            connection.close()
+
+    def _write(self, batch: list[JobEvent]) -> None:
+        if not batch:
+            return
+        try:
+            JobEvent.objects.bulk_create(batch, ignore_conflicts=True)
+            self.stored += len(batch)
+            return
+        except Exception:  # noqa: BLE001 - fall back to row by row below
+            logger.warning("job %s: inserting %d events failed; retrying one by one", self.job_id, len(batch), exc_info=True)
+        for row in batch:
+            self._write_one(row)
+
+    def _write_one(self, row: JobEvent) -> None:
+        for attempt in range(_INSERT_ATTEMPTS):
+            try:
+                JobEvent.objects.bulk_create([row], ignore_conflicts=True)
+                self.stored += 1
+                return
+            except Exception:  # noqa: BLE001
+                _reset_connection()
+                if attempt == 0:
+                    # Whatever the database refused in the event's data, its text may still go in.
+                    row.event_data = {"event_data_dropped": True}
+                time.sleep(0.2 * (attempt + 1))
+        self.dropped += 1
+        logger.error("job %s: event %s could not be stored", self.job_id, row.counter)
+
+
+def _reset_connection() -> None:
+    """Drop the writer's connection if it broke, so that the next attempt reconnects."""
+    try:
+        if connection.connection is not None and not connection.is_usable():
+            connection.close()
+    except Exception:  # noqa: BLE001
+        connection.close()

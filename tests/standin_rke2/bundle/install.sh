@@ -1,0 +1,179 @@
+#!/bin/sh
+# Installer of the stand-in RKE2 bundle used by the integration tests (see tests/standin_rke2/README.md).
+# It follows the airgap/tarball path of the real rke2 install.sh:
+#   INSTALL_RKE2_ARTIFACT_PATH=<dir> INSTALL_RKE2_VERSION=<v> INSTALL_RKE2_TYPE=server|agent \
+#   INSTALL_RKE2_METHOD=tar sh install.sh
+# It verifies the tarball's sha256 against sha256sum-<arch>.txt, stages the airgap image archive, unpacks the
+# tarball into INSTALL_RKE2_TAR_PREFIX (default /usr/local) and never starts a service.  On hosts where systemd
+# is not running it also installs SysV init scripts /etc/init.d/rke2-server and /etc/init.d/rke2-agent.
+set -e
+
+if [ "${DEBUG}" = 1 ]; then
+    set -x
+fi
+
+info() {
+    echo "[INFO] " "$@"
+}
+
+warn() {
+    echo "[WARN] " "$@" >&2
+}
+
+fatal() {
+    echo "[ERROR] " "$@" >&2
+    exit 1
+}
+
+DEFAULT_TAR_PREFIX="/usr/local"
+
+setup_env() {
+    if [ "$(id -u)" != "0" ]; then
+        fatal "You need to be root to perform this install"
+    fi
+    INSTALL_RKE2_TYPE="${INSTALL_RKE2_TYPE:-server}"
+    case "${INSTALL_RKE2_TYPE}" in
+        server|agent) ;;
+        *) fatal "Invalid INSTALL_RKE2_TYPE: ${INSTALL_RKE2_TYPE} (expected server or agent)" ;;
+    esac
+    INSTALL_RKE2_METHOD="${INSTALL_RKE2_METHOD:-tar}"
+    if [ "${INSTALL_RKE2_METHOD}" != "tar" ]; then
+        fatal "Unsupported INSTALL_RKE2_METHOD: ${INSTALL_RKE2_METHOD} (only tar installs are possible from artifacts here)"
+    fi
+    if [ -z "${INSTALL_RKE2_ARTIFACT_PATH}" ]; then
+        fatal "INSTALL_RKE2_ARTIFACT_PATH is required: this installer does not download anything"
+    fi
+    if [ ! -d "${INSTALL_RKE2_ARTIFACT_PATH}" ]; then
+        fatal "INSTALL_RKE2_ARTIFACT_PATH ${INSTALL_RKE2_ARTIFACT_PATH} is not a directory"
+    fi
+    if [ -z "${INSTALL_RKE2_TAR_PREFIX}" ]; then
+        INSTALL_RKE2_TAR_PREFIX="${DEFAULT_TAR_PREFIX}"
+        if [ -d /usr/local ] && ! touch /usr/local/.rke2-rw-check 2>/dev/null; then
+            INSTALL_RKE2_TAR_PREFIX="/opt/rke2"
+        fi
+        rm -f /usr/local/.rke2-rw-check
+    fi
+    INSTALL_RKE2_AGENT_IMAGES_DIR="${INSTALL_RKE2_AGENT_IMAGES_DIR:-/var/lib/rancher/rke2/agent/images}"
+}
+
+setup_arch() {
+    case "${ARCH:=$(uname -m)}" in
+        amd64|x86_64) ARCH=amd64 ;;
+        arm64|aarch64) ARCH=arm64 ;;
+        s390x) ARCH=s390x ;;
+        *) fatal "unsupported architecture ${ARCH}" ;;
+    esac
+    SUFFIX="linux-${ARCH}"
+}
+
+setup_tmp() {
+    TMP_DIR=$(mktemp -d -t rke2-install.XXXXXXXXXX)
+    TMP_CHECKSUMS="${TMP_DIR}/rke2.checksums"
+    TMP_TARBALL="${TMP_DIR}/rke2.tarball"
+    cleanup() {
+        code=$?
+        set +e
+        trap - EXIT
+        rm -rf "${TMP_DIR}"
+        exit ${code}
+    }
+    trap cleanup INT EXIT
+}
+
+sha256_of() {
+    sha256sum "$1" | awk '{print $1}'
+}
+
+stage_local_checksums() {
+    info "staging local checksums from ${INSTALL_RKE2_ARTIFACT_PATH}/sha256sum-${ARCH}.txt"
+    [ -f "${INSTALL_RKE2_ARTIFACT_PATH}/sha256sum-${ARCH}.txt" ] || \
+        fatal "checksum file ${INSTALL_RKE2_ARTIFACT_PATH}/sha256sum-${ARCH}.txt not found"
+    cp -f "${INSTALL_RKE2_ARTIFACT_PATH}/sha256sum-${ARCH}.txt" "${TMP_CHECKSUMS}"
+}
+
+stage_local_airgap_images() {
+    for image in "${INSTALL_RKE2_ARTIFACT_PATH}/rke2-images.${SUFFIX}.tar.zst" \
+                 "${INSTALL_RKE2_ARTIFACT_PATH}/rke2-images.${SUFFIX}.tar.gz"; do
+        [ -f "${image}" ] || continue
+        name=$(basename "${image}")
+        expected=$(grep " ${name}\$" "${TMP_CHECKSUMS}" | awk '{print $1}')
+        if [ -n "${expected}" ] && [ "${expected}" != "$(sha256_of "${image}")" ]; then
+            fatal "airgap image tarball ${name} sha256 does not match ${expected}"
+        fi
+        info "staging airgap image tarball from ${image}"
+        mkdir -p "${INSTALL_RKE2_AGENT_IMAGES_DIR}"
+        cp -f "${image}" "${INSTALL_RKE2_AGENT_IMAGES_DIR}/${name}"
+        return 0
+    done
+}
+
+stage_local_tarball() {
+    info "staging tarball from ${INSTALL_RKE2_ARTIFACT_PATH}/rke2.${SUFFIX}.tar.gz"
+    [ -f "${INSTALL_RKE2_ARTIFACT_PATH}/rke2.${SUFFIX}.tar.gz" ] || \
+        fatal "tarball ${INSTALL_RKE2_ARTIFACT_PATH}/rke2.${SUFFIX}.tar.gz not found"
+    cp -f "${INSTALL_RKE2_ARTIFACT_PATH}/rke2.${SUFFIX}.tar.gz" "${TMP_TARBALL}"
+}
+
+verify_tarball() {
+    info "verifying tarball"
+    expected=$(grep " rke2.${SUFFIX}.tar.gz\$" "${TMP_CHECKSUMS}" | awk '{print $1}')
+    [ -n "${expected}" ] || fatal "no checksum for rke2.${SUFFIX}.tar.gz in sha256sum-${ARCH}.txt"
+    actual=$(sha256_of "${TMP_TARBALL}")
+    if [ "${expected}" != "${actual}" ]; then
+        fatal "download sha256 does not match ${expected}, got ${actual}"
+    fi
+}
+
+verify_version() {
+    mkdir -p "${TMP_DIR}/rke2-tarball"
+    tar xzf "${TMP_TARBALL}" -C "${TMP_DIR}/rke2-tarball"
+    tarball_version=$("${TMP_DIR}/rke2-tarball/bin/rke2" --version | awk 'NR==1 {print $3}')
+    [ -n "${tarball_version}" ] || fatal "unable to read the version of rke2 in the tarball"
+    if [ -n "${INSTALL_RKE2_VERSION}" ] && [ "${INSTALL_RKE2_VERSION}" != "${tarball_version}" ]; then
+        fatal "tarball contains rke2 ${tarball_version}, but INSTALL_RKE2_VERSION is ${INSTALL_RKE2_VERSION}"
+    fi
+    info "using ${tarball_version} as release"
+}
+
+unpack_tarball() {
+    if [ "${INSTALL_RKE2_TAR_PREFIX}" != "${DEFAULT_TAR_PREFIX}" ]; then
+        info "updating tarball contents to reflect install path"
+        sed -i "s|${DEFAULT_TAR_PREFIX}|${INSTALL_RKE2_TAR_PREFIX}|g" \
+            "${TMP_DIR}/rke2-tarball/lib/systemd/system/rke2-server.service" \
+            "${TMP_DIR}/rke2-tarball/lib/systemd/system/rke2-agent.service" \
+            "${TMP_DIR}/rke2-tarball/share/rke2/init.d/rke2-server" \
+            "${TMP_DIR}/rke2-tarball/share/rke2/init.d/rke2-agent" \
+            "${TMP_DIR}/rke2-tarball/bin/rke2-uninstall.sh"
+    fi
+    info "unpacking tarball file to ${INSTALL_RKE2_TAR_PREFIX}"
+    mkdir -p "${INSTALL_RKE2_TAR_PREFIX}"
+    (cd "${TMP_DIR}/rke2-tarball" && tar cf - .) | tar xf - -C "${INSTALL_RKE2_TAR_PREFIX}" --no-same-owner
+}
+
+setup_service() {
+    if [ -d /run/systemd/system ]; then
+        systemctl daemon-reload
+        return 0
+    fi
+    info "systemd is not running: installing SysV init scripts /etc/init.d/rke2-server and /etc/init.d/rke2-agent"
+    mkdir -p /etc/init.d
+    for type in server agent; do
+        install -m 0755 "${INSTALL_RKE2_TAR_PREFIX}/share/rke2/init.d/rke2-${type}" "/etc/init.d/rke2-${type}"
+    done
+}
+
+do_install() {
+    setup_env
+    setup_arch
+    setup_tmp
+    stage_local_checksums
+    stage_local_airgap_images
+    stage_local_tarball
+    verify_tarball
+    verify_version
+    unpack_tarball
+    setup_service
+}
+
+do_install
+exit 0

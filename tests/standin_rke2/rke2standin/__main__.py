@@ -1,0 +1,3 @@
+from rke2standin.cli import main
+
+raise SystemExit(main())
