@@ -152,17 +152,17 @@ def job_host_counts(*, job: Job) -> HostCounts:
     )
 
 
-def job_events_page(*, job: Job, after: int = 0, limit: int = EVENTS_PAGE_DEFAULT_LIMIT) -> EventsPage:
-    """The events of ``job`` with a counter above ``after``, at most ``limit`` of them in counter order, and the
-    job's progress. The result holds only JSON types, so any JSON encoder renders it identically.
+def job_events_page(*, job_id: int, after: int = 0, limit: int = EVENTS_PAGE_DEFAULT_LIMIT) -> EventsPage:
+    """The events of job ``job_id`` with a counter above ``after``, at most ``limit`` of them in counter order, and
+    the job's progress, in four queries. The result holds only JSON types, so any JSON encoder renders it the same.
 
     ``finished`` is true once the job is no longer active and every event it emitted is stored: a client polling
-    with ``after=next_after`` can stop then. ``job`` is read again, so a stale instance is fine.
+    with ``after=next_after`` can stop then. Raises ``Job.DoesNotExist`` for an unknown job.
     """
     limit = max(1, min(int(limit), EVENTS_PAGE_MAX_LIMIT))
     job = Job.objects.only(
         "id", "status", "stage", "stages", "stages_completed", "explanation", "emitted_events"
-    ).get(pk=job.pk)
+    ).get(pk=job_id)
     rows = list(
         JobEvent.objects.filter(job_id=job.pk, counter__gt=after).order_by("counter").values(*EVENT_FIELDS)[:limit]
     )

@@ -12,3 +12,20 @@ def run_job(job_id: int) -> None:
     from .engine.service import job_execute
 
     job_execute(job_id=job_id)
+
+
+@shared_task(name="clusters.reap_lost_jobs", ignore_result=True, soft_time_limit=120, time_limit=180)
+def reap_lost_jobs() -> None:
+    """Fail the running jobs whose worker is gone (every minute, from the beat schedule)."""
+    from .engine.reaper import jobs_reap_lost, private_dirs_cleanup
+
+    jobs_reap_lost()
+    private_dirs_cleanup()
+
+
+@shared_task(name="clusters.purge_job_events", ignore_result=True, soft_time_limit=3300, time_limit=3600)
+def purge_job_events() -> None:
+    """Delete the events of old jobs (nightly, from the beat schedule)."""
+    from .engine.reaper import job_events_purge
+
+    job_events_purge()

@@ -21,9 +21,9 @@ from clusters.models import Node
 
 from .variables import ClusterSnapshot
 
-__all__ = ["CONFIG_TEMPLATES", "TEMPLATES_DIR", "config_template_name", "render_node_config", "template_context"]
+__all__ = ["CONFIG_TEMPLATES", "config_template_name", "render_node_config", "template_context", "templates_dir"]
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "ansible" / "templates"
+_DEFAULT_ANSIBLE_DIR = Path(__file__).resolve().parent.parent / "ansible"
 
 # Template of each node role (the roles' ``template`` tasks use the same files).
 CONFIG_TEMPLATES = {
@@ -40,16 +40,27 @@ def config_template_name(role: str) -> str:
         raise ValueError(f"No config template for node role {role!r}.") from None
 
 
-@lru_cache(maxsize=1)
+def templates_dir() -> Path:
+    """``templates/`` of the Ansible content the playbooks run from (``settings.ANSIBLE_DIR``)."""
+    from django.conf import settings
+
+    return Path(getattr(settings, "ANSIBLE_DIR", _DEFAULT_ANSIBLE_DIR)) / "templates"
+
+
 def jinja_environment() -> jinja2.Environment:
     """Jinja2 environment for the config templates, with ansible-core's filters and tests (Jinja2's built-in ones
     are kept where Ansible only re-implements them)."""
+    return _environment(str(templates_dir()))
+
+
+@lru_cache(maxsize=4)
+def _environment(directory: str) -> jinja2.Environment:
     from ansible.plugins.filter.core import FilterModule
     from ansible.plugins.filter.mathstuff import FilterModule as MathFilterModule
     from ansible.plugins.test.core import TestModule
 
     environment = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATES_DIR)),
+        loader=jinja2.FileSystemLoader(directory),
         undefined=jinja2.StrictUndefined,
         autoescape=False,
         keep_trailing_newline=True,

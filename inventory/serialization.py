@@ -41,42 +41,84 @@ UNSAFE_KEY = "__ansible_unsafe"
 SAFE_KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
-def _wrap(value: Any, *, path: str, reveal_secrets: bool) -> Any:
+class _WriteError(ValueError):
+    """A value that cannot be written; ``path`` is filled in on the way up, so the happy path tracks nothing."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+        self.path: list[str] = []
+
+    def __str__(self) -> str:
+        return f"{''.join(self.path).lstrip('.')}: {self.message}"
+
+
+def _wrap(value: Any, reveal_secrets: bool) -> Any:
+    kind = type(value)
+    if kind is str:
+        return {UNSAFE_KEY: value}
+    if kind is dict or isinstance(value, Mapping):
+        wrapped = {}
+        for key, item in value.items():
+            if type(key) is not str or not SAFE_KEY_RE.match(key):
+                if not isinstance(key, str) or not SAFE_KEY_RE.match(key):
+                    raise _WriteError(f"{key!r} is not a valid name (letters, digits, '_', '.', '+', '-').")
+                key = str.__str__(key)
+            try:
+                wrapped[key] = _wrap(item, reveal_secrets)
+            except _WriteError as exc:
+                exc.path.insert(0, f".{key}")
+                raise
+        return wrapped
+    if kind is list or kind is tuple:
+        result = []
+        for index, item in enumerate(value):
+            try:
+                result.append(_wrap(item, reveal_secrets))
+            except _WriteError as exc:
+                exc.path.insert(0, f"[{index}]")
+                raise
+        return result
+    if kind is bool or kind is int or value is None:
+        return value
     if isinstance(value, Secret):
         if not reveal_secrets:
-            raise ValueError(f"{path}: secret values do not belong in an inventory; pass them as extravars.")
+            raise _WriteError("secret values do not belong in an inventory; pass them as extravars.")
         return {UNSAFE_KEY: reveal(value)}
     if isinstance(value, str):
         return {UNSAFE_KEY: str.__str__(value)}
-    if isinstance(value, bool) or value is None or isinstance(value, int):
-        return value
+    if isinstance(value, bool | int):
+        return bool(value) if isinstance(value, bool) else int(value)
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise ValueError(f"{path}: {value!r} cannot be written.")
-        return value
-    if isinstance(value, Mapping):
-        wrapped = {}
-        for key, item in value.items():
-            if not isinstance(key, str) or not SAFE_KEY_RE.match(key):
-                raise ValueError(f"{path}: {key!r} is not a valid name (letters, digits, '_', '.', '+', '-').")
-            wrapped[str.__str__(key)] = _wrap(item, path=f"{path}.{key}", reveal_secrets=reveal_secrets)
-        return wrapped
+            raise _WriteError(f"{value!r} cannot be written.")
+        return float(value)
     if isinstance(value, list | tuple):
-        return [_wrap(item, path=f"{path}[{index}]", reveal_secrets=reveal_secrets) for index, item in enumerate(value)]
-    raise ValueError(f"{path}: values of type {type(value).__name__} cannot be written.")
+        return _wrap(list(value), reveal_secrets)
+    raise _WriteError(f"values of type {type(value).__name__} cannot be written.")
+
+
+def _dump(data: Mapping[str, Any], *, root: str, reveal_secrets: bool) -> str:
+    try:
+        wrapped = _wrap(data, reveal_secrets)
+    except _WriteError as exc:
+        exc.path.insert(0, root)
+        raise
+    # Compact separators keep json on its C encoder (an indent would not).
+    return json.dumps(wrapped, separators=(",", ":"), allow_nan=False) + "\n"
 
 
 def serialize_inventory(inventory: Mapping[str, Any]) -> str:
     """The text of an inventory file (write it as ``inventory/hosts.json`` in the job's private data dir).
 
     Raises ``ValueError`` if a secret (:class:`~clusters.fields.Secret`) slipped into the mapping."""
-    return json.dumps(_wrap(inventory, path="inventory", reveal_secrets=False), indent=1, allow_nan=False) + "\n"
+    return _dump(inventory, root="inventory", reveal_secrets=False)
 
 
 def serialize_extravars(variables: Mapping[str, Any]) -> str:
     """The text of an extravars file (``env/extravars``, mode 0600), secrets revealed. Ansible loads it with
     ``-e @file``; every string stays untemplated, like in the inventory."""
-    return json.dumps(_wrap(variables, path="extravars", reveal_secrets=True), indent=1, allow_nan=False) + "\n"
+    return _dump(variables, root="extravars", reveal_secrets=True)
 
 
 def display_yaml(data: Mapping[str, Any]) -> str:

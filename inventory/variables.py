@@ -30,6 +30,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from clusters.choices import LIVE_NODE_STATUSES, SERVER_ROLES, NodeRole, NodeStatus
@@ -81,8 +82,16 @@ _SERVER_ONLY_PREFIXES = (
     "etcd-", "kube-apiserver-", "kube-controller-manager-", "kube-scheduler-", "cloud-controller-manager-", "datastore-",
 )
 
+# The node columns rendering reads; the snapshot loads only these.
+RENDER_FIELDS = (
+    "id", "cluster_id", "hostname", "internal_ip", "external_ip", "use_external_ip", "role", "status", "labels", "taints",
+    "node_vars",
+)
+
 # Preference when choosing the API host among servers: running ones first, never-installed ones last.
 _STATUS_RANK = {NodeStatus.ACTIVE: 0, NodeStatus.INSTALLING: 1, NodeStatus.FAILED: 2, NodeStatus.PENDING: 3}
+_LIVE = frozenset(status.value for status in LIVE_NODE_STATUSES)
+_SERVERS = frozenset(role.value for role in SERVER_ROLES)
 
 
 def is_server_only_key(key: str) -> bool:
@@ -127,7 +136,7 @@ def pick_api_host(candidates: Iterable[Node], *, require_active: bool = False) -
     servers qualify. Non-servers and nodes that are draining or removed never qualify."""
     best: tuple[tuple[int, int, int], Node] | None = None
     for index, node in enumerate(candidates):
-        if node.role not in SERVER_ROLES or node.status not in LIVE_NODE_STATUSES:
+        if node.role not in _SERVERS or node.status not in _LIVE:
             continue
         if require_active and node.status != NodeStatus.ACTIVE:
             continue
@@ -142,7 +151,7 @@ class ClusterSnapshot:
     """A cluster with its nodes and SSH credential, read once (two queries), so that rendering is pure Python.
 
     ``nodes`` holds every node that is not removed (live and draining), in inventory order (the order they were
-    added in).
+    added in), with only the fields rendering reads (:data:`RENDER_FIELDS`; others load on access, one query each).
     The credential is loaded without its key material.
     """
 
@@ -153,18 +162,23 @@ class ClusterSnapshot:
 
     @classmethod
     def load(cls, cluster: Cluster) -> ClusterSnapshot:
-        nodes = list(Node.objects.filter(cluster_id=cluster.pk).exclude(status=NodeStatus.REMOVED).order_by("pk"))
+        nodes = list(
+            Node.objects.filter(cluster_id=cluster.pk)
+            .exclude(status=NodeStatus.REMOVED)
+            .only(*RENDER_FIELDS)
+            .order_by("pk")
+        )
         for node in nodes:
             Node.cluster.field.set_cached_value(node, cluster)  # no query per node for node.cluster
         return cls(cluster=cluster, nodes=nodes, credential=load_credential(cluster))
 
-    @property
+    @cached_property
     def live_nodes(self) -> list[Node]:
-        return [node for node in self.nodes if node.status in LIVE_NODE_STATUSES]
+        return [node for node in self.nodes if node.status in _LIVE]
 
-    @property
+    @cached_property
     def live_servers(self) -> list[Node]:
-        return [node for node in self.nodes if node.status in LIVE_NODE_STATUSES and node.role in SERVER_ROLES]
+        return [node for node in self.live_nodes if node.role in _SERVERS]
 
     def registration_address(self) -> str:
         """The fixed registration address, or the internal IP of the initial master (of the best remaining server
@@ -228,7 +242,7 @@ def load_credential(cluster: Cluster) -> SSHCredential | None:
 def extra_config(node: Node, cluster: Cluster) -> dict[str, Any]:
     """``rke2_extra_config`` of a node: defaults < cluster_vars < node_vars, without managed keys (and without
     server-only keys on agents)."""
-    is_server = node.role in SERVER_ROLES
+    is_server = node.role in _SERVERS
     merged: dict[str, Any] = dict(DEFAULT_SERVER_CONFIG if is_server else DEFAULT_AGENT_CONFIG)
     for layer in (cluster.cluster_vars, node.node_vars):
         if isinstance(layer, Mapping):
@@ -251,7 +265,7 @@ def node_vars(node: Node, *, cluster: Cluster, credential: SSHCredential | None)
         variables["ansible_user"] = _text(credential.username)
         variables["ansible_become"] = bool(credential.become)
     variables["rke2_role"] = _text(node.role)
-    variables["rke2_type"] = "server" if node.role in SERVER_ROLES else "agent"
+    variables["rke2_type"] = "server" if node.role in _SERVERS else "agent"
     variables["rke2_node_name"] = _text(node.hostname)
     variables["rke2_node_ip"] = _text(node.internal_ip)
     if node.external_ip:

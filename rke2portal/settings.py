@@ -23,8 +23,10 @@ if DEBUG:
 else:
     SECRET_KEY = env("DJANGO_SECRET_KEY")
 
-ALLOWED_HOSTS = env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
-CSRF_TRUSTED_ORIGINS = env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[])
+ALLOWED_HOSTS = [
+    host.strip() for host in env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"]) if host.strip()
+]
+CSRF_TRUSTED_ORIGINS = [origin.strip() for origin in env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[]) if origin.strip()]
 
 # Data folder of the embedded default: SQLite database, file-system broker, job working directories.
 DATA_DIR = Path(env("RKE2PORTAL_DATA_DIR", default=str(BASE_DIR / "data")))
@@ -108,6 +110,10 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = Path(env("DJANGO_STATIC_ROOT", default=str(BASE_DIR / "staticfiles")))
+try:  # collectstatic fills it; WhiteNoise warns on every start when the folder is missing
+    STATIC_ROOT.mkdir(parents=True, exist_ok=True)
+except OSError:
+    pass
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
     "staticfiles": {
@@ -125,11 +131,13 @@ LOGIN_URL = "admin:login"
 SESSION_COOKIE_SECURE = env.bool("DJANGO_SESSION_COOKIE_SECURE", default=not DEBUG)
 CSRF_COOKIE_SECURE = env.bool("DJANGO_CSRF_COOKIE_SECURE", default=not DEBUG)
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if env.bool("DJANGO_BEHIND_TLS_PROXY", False) else None
+SECURE_HSTS_SECONDS = env.int("DJANGO_SECURE_HSTS_SECONDS", default=0)
 X_FRAME_OPTIONS = "DENY"
 
-# Secrets at rest: comma-separated Fernet keys, newest first. The first key encrypts; every key decrypts, so a
-# new key can be prepended and old rows re-encrypted with `manage.py rotate_encryption_keys`.
-FIELD_ENCRYPTION_KEYS = env.list("FIELD_ENCRYPTION_KEYS", default=[])
+# Secrets at rest: comma-separated Fernet keys, newest first, independent of SECRET_KEY. The first key encrypts;
+# every key decrypts, so a new key can be prepended and old rows re-encrypted with
+# `manage.py rotate_encryption_keys`. Required to store any secret (a system check fails without it).
+FIELD_ENCRYPTION_KEYS = [key.strip() for key in env.list("FIELD_ENCRYPTION_KEYS", default=[]) if key.strip()]
 
 # Celery. The default broker is a folder on disk (no server needed); production uses Redis.
 CELERY_BROKER_URL = env("CELERY_BROKER_URL", default="filesystem://")

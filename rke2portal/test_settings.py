@@ -10,6 +10,11 @@ os.environ.setdefault("DJANGO_DEBUG", "false")
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production-0123456789")
 os.environ.setdefault("DJANGO_READ_DOT_ENV_FILE", "false")
 os.environ.setdefault("RKE2PORTAL_DATA_DIR", tempfile.mkdtemp(prefix="rke2portal-test-"))
+# With a test Redis, Celery messages go there, under a key prefix of their own (worker processes started by the
+# tests get the same URL and prefix; see tests/worker.py).
+if os.environ.get("TEST_REDIS_URL"):
+    os.environ.setdefault("CELERY_BROKER_URL", os.environ["TEST_REDIS_URL"])
+    os.environ.setdefault("CELERY_BROKER_KEY_PREFIX", f"rke2portal-test-{os.getpid()}-{os.urandom(4).hex()}:")
 
 from .settings import *  # noqa: E402,F403
 
@@ -20,3 +25,6 @@ FIELD_ENCRYPTION_KEYS = [
 ]
 PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STORAGES["staticfiles"] = {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}  # noqa: F405
+# Worker processes started by the tests must see the test database: with SQLite it is a file, not memory.
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":  # noqa: F405
+    DATABASES["default"].setdefault("TEST", {})["NAME"] = str(DATA_DIR / "test.sqlite3")  # noqa: F405

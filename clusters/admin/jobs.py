@@ -71,7 +71,7 @@ class JobAdmin(admin.ModelAdmin):
     list_per_page = 50
     actions = ["action_cancel"]
     fieldsets = (
-        (None, {"fields": (("cluster_link", "kind"), ("status_badge", "stage"), "stages_display", "params")}),
+        (None, {"fields": (("cluster_link", "kind"), "stages_display", "params")}),
         ("Timing", {"fields": (("requested_by", "created_at"), ("started_at", "finished_at"), "duration")}),
         ("Outcome", {"fields": ("explanation", "rc", "emitted_events", "result", "resume_of")}),
         ("Cancel", {"fields": (("cancel_requested", "cancel_requested_by", "cancel_requested_at"),), "classes": ("collapse",)}),
@@ -142,6 +142,7 @@ class JobAdmin(admin.ModelAdmin):
         context = dict(extra_context or {})
         if job is not None:
             context.update({
+                "subtitle": f"{job.get_kind_display()} #{job.pk} · {job.cluster.name}",
                 "job": job,
                 "log_config": job_log_config(job),
                 "host_summaries": list(job.host_summaries.order_by("host_name")),

@@ -153,7 +153,7 @@ class ClusterOperationsMixin:
 
     def install_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         cluster = self._cluster(request, object_id, REQUEST_JOB)
-        form = InstallForm(request.POST or None)
+        form = InstallForm(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
             response = self._request_job(request, cluster, JobKind.INSTALL, {"resume": form.cleaned_data["resume"]}, form)
             if response is not None:
@@ -263,7 +263,7 @@ class ClusterOperationsMixin:
 
     def upgrade_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         cluster = self._cluster(request, object_id, REQUEST_JOB)
-        form = UpgradeForm(request.POST or None)
+        form = UpgradeForm(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
             response = self._request_job(request, cluster, JobKind.UPGRADE, form.job_params(), form)
             if response is not None:
@@ -275,7 +275,7 @@ class ClusterOperationsMixin:
 
     def uninstall_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         cluster = self._cluster(request, object_id, REQUEST_JOB)
-        form = UninstallForm(request.POST or None)
+        form = UninstallForm(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
             response = self._request_job(
                 request, cluster, JobKind.UNINSTALL, {"confirm": form.cleaned_data["confirm"]}, form

@@ -70,6 +70,8 @@ def _check_json(value: Any, depth: int = 0) -> None:
         raise serializers.ValidationError("Too deeply nested.")
     if isinstance(value, float) and not math.isfinite(value):
         raise serializers.ValidationError("Numbers must be finite.")
+    if isinstance(value, int) and not isinstance(value, bool) and not -(2**63) <= value < 2**63:
+        raise serializers.ValidationError("Integers must fit in 64 bits.")
     if isinstance(value, str) and "\x00" in value:
         raise serializers.ValidationError("Null characters are not allowed.")
     if isinstance(value, dict):
@@ -110,6 +112,15 @@ class RKE2ConfigField(serializers.JSONField):
             self.fail("not_a_dict")
         _check_json(value)
         return value
+
+
+class StrictCharField(serializers.CharField):
+    """A string that must be given as a JSON string: a number or boolean is a mistake, not a name."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
 
 
 class StrictBooleanField(serializers.BooleanField):
@@ -159,25 +170,25 @@ class ErrorOutput(serializers.Serializer):
 
 
 class CredentialCreateInput(serializers.Serializer):
-    name = serializers.CharField(max_length=100)
-    username = serializers.CharField(max_length=64, required=False)
+    name = StrictCharField(max_length=100)
+    username = StrictCharField(max_length=64, required=False)
     port = serializers.IntegerField(min_value=1, max_value=65535, required=False)
     become = StrictBooleanField(required=False)
-    private_key = serializers.CharField(
+    private_key = StrictCharField(
         max_length=MAX_KEY_TEXT, write_only=True, trim_whitespace=False,
         style={"base_template": "textarea.html"}, help_text="OpenSSH or PEM private key. Write-only.",
     )
-    passphrase = serializers.CharField(
+    passphrase = StrictCharField(
         max_length=1024, write_only=True, required=False, allow_blank=True, trim_whitespace=False,
         help_text="Passphrase of the private key. Write-only.",
     )
-    known_hosts = serializers.CharField(max_length=MAX_KEY_TEXT, required=False, allow_blank=True, trim_whitespace=False)
+    known_hosts = StrictCharField(max_length=MAX_KEY_TEXT, required=False, allow_blank=True, trim_whitespace=False)
 
 
 class CredentialUpdateInput(CredentialCreateInput):
     """Secrets that are omitted are kept; a new ``private_key`` replaces the passphrase (empty unless given)."""
 
-    private_key = serializers.CharField(
+    private_key = StrictCharField(
         max_length=MAX_KEY_TEXT, write_only=True, required=False, trim_whitespace=False,
         help_text="OpenSSH or PEM private key. Write-only; omit to keep the current key.",
     )
@@ -201,17 +212,17 @@ class CredentialOutput(serializers.Serializer):
 
 
 class NodeInput(serializers.Serializer):
-    hostname = serializers.CharField(max_length=253, help_text="RFC 1123 host name; also the Kubernetes node name.")
-    internal_ip = serializers.CharField(max_length=64)
-    external_ip = serializers.CharField(max_length=64, required=False, allow_null=True, allow_blank=True)
+    hostname = StrictCharField(max_length=253, help_text="RFC 1123 host name; also the Kubernetes node name.")
+    internal_ip = StrictCharField(max_length=64)
+    external_ip = StrictCharField(max_length=64, required=False, allow_null=True, allow_blank=True)
     role = serializers.ChoiceField(
         choices=ROLE_CHOICES, required=False, allow_blank=True,
         help_text="initial_master, master or worker; server and agent are accepted as RKE2 types. Without any role, "
         "the first node becomes the initial master and the others workers.",
     )
     use_external_ip = StrictBooleanField(required=False)
-    labels = serializers.ListField(child=serializers.CharField(max_length=400), required=False, max_length=MAX_LIST_ITEMS)
-    taints = serializers.ListField(child=serializers.CharField(max_length=400), required=False, max_length=MAX_LIST_ITEMS)
+    labels = serializers.ListField(child=StrictCharField(max_length=400), required=False, max_length=MAX_LIST_ITEMS)
+    taints = serializers.ListField(child=StrictCharField(max_length=400), required=False, max_length=MAX_LIST_ITEMS)
     node_vars = RKE2ConfigField(required=False)
 
 
@@ -241,16 +252,16 @@ class NodeOutput(serializers.Serializer):
 
 
 class ClusterUpdateInput(serializers.Serializer):
-    name = serializers.CharField(max_length=63)
-    description = serializers.CharField(max_length=MAX_TEXT, required=False, allow_blank=True)
-    rke2_version = serializers.CharField(max_length=64, help_text="e.g. v1.31.4+rke2r1")
-    registration_address = serializers.CharField(max_length=253, required=False, allow_blank=True)
+    name = StrictCharField(max_length=63)
+    description = StrictCharField(max_length=MAX_TEXT, required=False, allow_blank=True)
+    rke2_version = StrictCharField(max_length=64, help_text="e.g. v1.31.4+rke2r1")
+    registration_address = StrictCharField(max_length=253, required=False, allow_blank=True)
     cni = enum_field(Cni, "Cni", required=False)
-    cluster_cidr = serializers.CharField(max_length=100, required=False)
-    service_cidr = serializers.CharField(max_length=100, required=False)
-    cluster_dns = serializers.CharField(max_length=64, required=False)
-    cluster_domain = serializers.CharField(max_length=253, required=False)
-    tls_san = serializers.ListField(child=serializers.CharField(max_length=253), required=False, max_length=MAX_LIST_ITEMS)
+    cluster_cidr = StrictCharField(max_length=100, required=False)
+    service_cidr = StrictCharField(max_length=100, required=False)
+    cluster_dns = StrictCharField(max_length=64, required=False)
+    cluster_domain = StrictCharField(max_length=253, required=False)
+    tls_san = serializers.ListField(child=StrictCharField(max_length=253), required=False, max_length=MAX_LIST_ITEMS)
     cluster_vars = RKE2ConfigField(required=False)
     ssh_credential = serializers.PrimaryKeyRelatedField(
         queryset=SSHCredential.objects.defer("private_key", "passphrase"), required=False, allow_null=True,
@@ -419,13 +430,13 @@ class InstallInput(_JobOptions):
 
 
 class UpgradeInput(_JobOptions):
-    target_version = serializers.CharField(max_length=64, help_text="e.g. v1.32.1+rke2r1")
+    target_version = StrictCharField(max_length=64, help_text="e.g. v1.32.1+rke2r1")
     allow_downgrade = StrictBooleanField(required=False, default=False)
     allow_minor_skip = StrictBooleanField(required=False, default=False)
 
 
 class UninstallInput(_JobOptions):
-    confirm = serializers.CharField(max_length=63, help_text="The cluster's name, to confirm.")
+    confirm = StrictCharField(max_length=63, help_text="The cluster's name, to confirm.")
 
 
 class ScaleOutInput(_JobOptions):
@@ -439,7 +450,7 @@ class ScaleOutInput(_JobOptions):
 
 class ScaleInInput(_JobOptions):
     hostnames = serializers.ListField(
-        child=serializers.CharField(max_length=253), min_length=1, max_length=MAX_NODES_PER_REQUEST
+        child=StrictCharField(max_length=253), min_length=1, max_length=MAX_NODES_PER_REQUEST
     )
     ungraceful = StrictBooleanField(
         required=False, default=False, help_text="The hosts are gone: remove the nodes from Kubernetes without draining."

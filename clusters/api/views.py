@@ -390,7 +390,10 @@ class JobViewSet(APIViewSet):
     @action(detail=True, methods=["get"])
     def events(self, request: Request, pk: str | None = None) -> Response:
         query = self.parse(s.EventsQueryInput, request.query_params).validated_data
-        page = selectors.job_events_page(job=self.get_job(), after=query["after"], limit=query["limit"])
+        try:
+            page = selectors.job_events_page(job_id=int(self.kwargs["pk"]), after=query["after"], limit=query["limit"])
+        except Job.DoesNotExist:
+            raise NotFound() from None
         return Response(page)
 
     @extend_schema(

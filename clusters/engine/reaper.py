@@ -79,7 +79,7 @@ def jobs_reap_lost(*, now: datetime | None = None) -> list[int]:
     candidates = list(
         Job.objects.filter(status=JobStatus.RUNNING)
         .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True) | Q(worker_hostname=host))
-        .only("id", "cluster_id", "kind", "params", "status", "heartbeat_at", "started_at", "worker_hostname", "worker_pid", "ansible_pid")
+        .only("id", "cluster_id", "kind", "params", "status", "stage", "heartbeat_at", "started_at", "worker_hostname", "worker_pid", "ansible_pid")
     )
     reaped = []
     for job in candidates:
@@ -108,7 +108,7 @@ def job_mark_lost(*, job: Job, explanation: str) -> bool:
         state.cluster_settle_after_job(job, JobStatus.FAILED)
         last = JobEvent.objects.filter(job_id=job.pk).aggregate(last=Max("counter"))["last"] or 0
         JobEvent.objects.create(
-            job_id=job.pk, counter=last + 1, stage=job.stage if hasattr(job, "stage") else "", event="portal_message",
+            job_id=job.pk, counter=last + 1, stage=job.stage, event="portal_message",
             stdout=explanation, end_line=1, created=now,
         )
         # Events still queued in the dead worker are gone: the log is complete as stored.
@@ -120,11 +120,17 @@ def job_mark_lost(*, job: Job, explanation: str) -> bool:
 
 
 def _kill_orphan(job: Job) -> None:
-    """Kill the job's ansible-playbook process group if it still runs (and is not a later process reusing the pid)."""
+    """Kill the job's ansible-playbook process group if it still runs. The process is recognised by its command
+    line, which names the job's private directory (not a later process reusing the pid)."""
     pid = job.ansible_pid
-    if pid and _process_alive_since(pid, job.started_at and job.heartbeat_at or job.started_at):
-        if kill_process_group(pid):
-            logger.warning("job %s: killed the orphaned playbook process group %s", job.pk, pid)
+    if not pid:
+        return
+    try:
+        cmdline = " ".join(psutil.Process(pid).cmdline())
+    except psutil.Error:
+        return
+    if f"{os.sep}job{job.pk}." in cmdline and kill_process_group(pid):
+        logger.warning("job %s: killed the orphaned playbook process group %s", job.pk, pid)
 
 
 def private_dirs_cleanup(*, work_dir: Path | None = None) -> list[Path]:

@@ -58,9 +58,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# Private directories are named job<id>-<stage>-pid<worker pid>-<random>; the pid tells whether the worker that
-# made one is still alive (leftovers of a dead worker are removed by the next one to start on the host).
-_PRIVATE_DIR_RE = re.compile(r"^job(?P<job>\d+)-[a-z_]+-pid(?P<pid>\d+)-")
+# Private directories are named job<id>.<worker pid>.<random>; the pid tells whether the worker that made one is
+# still alive (leftovers of a dead worker are removed by the next one to start on the host). Names stay short:
+# SSH control sockets live inside, and a unix socket path is limited to 107 bytes.
+_PRIVATE_DIR_RE = re.compile(r"^job(?P<job>\d+)\.(?P<pid>\d+)\.")
 # Environment variables the ansible-playbook process inherits from the worker; everything else (database URL,
 # Django and encryption keys, broker URL) stays out of its environment and of ansible-runner's artifacts.
 _ENV_KEEP = frozenset(
@@ -250,7 +251,7 @@ class PlaybookRunner:
 
     def run(self, spec: PlaybookRun) -> RunOutcome:
         started = time.monotonic()
-        private_dir = make_private_dir(self.work_dir, self.job_id, spec.stage)
+        private_dir = make_private_dir(self.work_dir, self.job_id)
         state = _RunState(offset=self.last_counter, stage=spec.stage)
         interrupted = True
         try:
@@ -479,11 +480,10 @@ def _safe_env(env: Mapping[str, str]) -> dict[str, str]:
 # Files and directories.
 
 
-def make_private_dir(work_dir: Path, job_id: int, stage: str) -> Path:
+def make_private_dir(work_dir: Path, job_id: int) -> Path:
     """A fresh private data directory (0700) for one run of ``job_id``."""
     work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    safe_stage = re.sub(r"[^a-z_]", "_", stage.lower()) or "run"
-    return Path(tempfile.mkdtemp(prefix=f"job{job_id}-{safe_stage}-pid{os.getpid()}-", dir=work_dir))
+    return Path(tempfile.mkdtemp(prefix=f"job{job_id}.{os.getpid()}.", dir=work_dir))
 
 
 def write_private_file(path: Path, text: str) -> None:

@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from inventory.configs import TEMPLATES_DIR
+from inventory.configs import templates_dir
 from inventory.renderers import RenderedInventory
 
 PLAYBOOKS_DIR = Path(__file__).resolve().parent / "playbooks"
@@ -71,7 +71,7 @@ def render_configs_with_ansible(
     output.mkdir(parents=True, exist_ok=True)
     result = run_playbook(
         rendered, workdir, "render_configs.yml",
-        {"render_templates_dir": str(TEMPLATES_DIR), "render_output_dir": str(output)},
+        {"render_templates_dir": str(templates_dir()), "render_output_dir": str(output)},
         inventory_text=inventory_text,
     )
     if result.returncode != 0:

@@ -7,7 +7,7 @@ import yaml
 from clusters.choices import NodeStatus
 from clusters.fields import MASK, reveal
 from clusters.models import Cluster, Node
-from inventory.configs import TEMPLATES_DIR, jinja_environment, render_node_config, template_context
+from inventory.configs import jinja_environment, render_node_config, template_context, templates_dir
 from inventory.renderers import ClusterSnapshot, InventoryRenderer
 
 from .ansible_run import render_configs_with_ansible
@@ -137,7 +137,7 @@ def test_template_environment_is_strict_and_does_not_escape(rich_cluster):
 
 
 def test_templates_serialize_one_mapping_once():
-    for path in sorted(TEMPLATES_DIR.glob("config_*.yaml.j2")):
+    for path in sorted(templates_dir().glob("config_*.yaml.j2")):
         body = jinja_environment().parse(path.read_text()).body
         # One `set` of the mapping, then a single output: the mapping through to_nice_yaml. No literal text.
         assert [type(node).__name__ for node in body] == ["Assign", "Output"], path.name

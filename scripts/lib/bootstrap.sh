@@ -1,8 +1,10 @@
 # Shared by scripts/run and scripts/test: install what the portal needs on a Debian machine.
 
-APT_PACKAGES_RUN="redis-server openssh-client"
-APT_PACKAGES_TEST="redis-server postgresql openssh-server openssh-client sudo iproute2 etcd-server etcd-client kubectl chromium chromium-driver"
+# The embedded default needs no server: only Python's venv module and the ssh client that Ansible uses.
+APT_PACKAGES_RUN="python3-venv openssh-client"
+APT_PACKAGES_TEST="python3-venv redis-server postgresql openssh-server openssh-client sudo iproute2 etcd-server etcd-client kubectl chromium chromium-driver"
 
+# bootstrap_system_packages [PACKAGES]: install the missing ones (default: everything the test suite needs).
 bootstrap_system_packages() {
   local wanted=${1:-$APT_PACKAGES_TEST} missing=()
   for pkg in $wanted; do
@@ -20,6 +22,7 @@ bootstrap_system_packages() {
   fi
 }
 
+# bootstrap_venv: create .venv and install requirements.txt into it whenever the file changed.
 bootstrap_venv() {
   if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv

@@ -47,8 +47,7 @@ def _up(args: argparse.Namespace) -> int:
         print(f"{len(hosts)} hosts up in {elapsed:.2f}s on {network.subnet}:", file=sys.stderr)
         for host in hosts:
             print(
-                f"  {host.name:<10} ssh -i {network.private_key_path}"
-                f" -o UserKnownHostsFile={network.known_hosts_path} root@{host.ip}   (or deploy@{host.ip})",
+                f"  {host.name:<12} {host.ip:<15} ssh -F {network.ssh_config_path} [deploy@]{host.name}",
                 file=sys.stderr,
             )
         print("Ctrl-C or SIGTERM tears the network down.", file=sys.stderr, flush=True)

@@ -6,8 +6,9 @@ Fixtures:
     The process's :class:`~tests.testhosts.harness.HostNetwork`: one private subnet and bridge, torn down
     (and verified gone) at the end of the session.
 ``make_hosts`` (function)
-    ``make_hosts(n=1, names=None) -> list[Host]`` boots ``n`` fresh hosts (or one per name); every host created during the test
-    (including hosts recreated with ``host_network.recreate_host``) is destroyed after it.
+    ``make_hosts(n=1, names=None) -> list[Host]`` boots ``n`` fresh hosts (or one per name); every host
+    created during the test (including hosts recreated with ``host_network.recreate_host``) is destroyed
+    after it.
 ``ansible_ssh_env`` (function)
     Environment variables for ``ansible_runner.run(envvars=...)``: a private ControlPersist directory for
     the test, pipelining, the hosts' Python and strict host key checking against the network's

@@ -33,7 +33,7 @@ Concurrency
 ===========
 
 Subnet indexes are claimed with files ``/run/lock/testhosts/net-<X>.json`` holding the owner's PID and its
-start time, created atomically under an ``flock``. A claim whose owner is gone is stale: the next allocation
+start time, created atomically under an ``flock``, round-robin over the range. A claim whose owner is gone is stale: the next allocation
 (or ``python -m tests.testhosts cleanup-stale``) tears its resources down and removes it. Indexes whose names
 or routes already exist on the machine are skipped. Everything a network creates carries its ``thn<X>``
 prefix, so teardown never touches anything else.
@@ -154,9 +154,7 @@ class HostNetworkError(RuntimeError):
 def _run(
     argv: Sequence[str], *, input: str | None = None, check: bool = True, timeout: float = 30.0
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        list(argv), input=input, capture_output=True, text=True, timeout=timeout, check=False
-    )
+    proc = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
         detail = (proc.stderr or proc.stdout).strip()
         raise HostNetworkError(f"`{shlex.join(argv)}` exited with {proc.returncode}: {detail}")
@@ -189,6 +187,11 @@ def _ns_id(path: str) -> NsId | None:
         st = os.stat(path)
     except OSError:
         return None
+    return (st.st_dev, st.st_ino)
+
+
+def _fd_ns_id(fd: int) -> NsId:
+    st = os.fstat(fd)
     return (st.st_dev, st.st_ino)
 
 
@@ -236,15 +239,15 @@ def _listens_on(pid: int, port: int) -> bool:
     except OSError:
         return False
     suffix = f":{port:04X}"
-    return any(
-        (fields := line.split())[1].endswith(suffix) and fields[3] == _TCP_LISTEN for line in lines
-    )
+    return any((fields := line.split())[1].endswith(suffix) and fields[3] == _TCP_LISTEN for line in lines)
 
 
-def _kill_namespace_processes(
-    net_ids: set[NsId], mnt_ids: set[NsId], *, timeout: float = KILL_TIMEOUT
-) -> None:
-    """SIGKILL every process whose network or mount namespace is listed, until none is left."""
+def _kill_namespace_processes(net_ids: set[NsId], mnt_ids: set[NsId], *, timeout: float = KILL_TIMEOUT) -> None:
+    """SIGKILL every process whose network or mount namespace is listed, until none is left.
+
+    The caller must keep every listed namespace alive (a bind mount under /run/netns or an open file
+    descriptor) until this returns: the kernel reuses the inode number of a freed namespace.
+    """
     protected = {_ns_id("/proc/1/ns/net"), _ns_id("/proc/self/ns/net")} | {
         _ns_id("/proc/1/ns/mnt"),
         _ns_id("/proc/self/ns/mnt"),
@@ -259,8 +262,7 @@ def _kill_namespace_processes(
         victims = [
             pid
             for pid in _pids()
-            if pid != me
-            and (_ns_id(f"/proc/{pid}/ns/net") in net_ids or _ns_id(f"/proc/{pid}/ns/mnt") in mnt_ids)
+            if pid != me and (_ns_id(f"/proc/{pid}/ns/net") in net_ids or _ns_id(f"/proc/{pid}/ns/mnt") in mnt_ids)
         ]
         if not victims:
             return
@@ -283,6 +285,12 @@ def _kill_sockets(netns_names: Sequence[str], root_dsts: Sequence[str]) -> None:
         _run(["ss", "-K", "dst", dst], check=False)
     for proc in procs:
         proc.wait(timeout=30)
+
+
+def _disable_ipv6(link: str) -> None:
+    """Keep the root namespace out of IPv6 link-local reach of the hosts (IPv4 is the test network)."""
+    with contextlib.suppress(OSError):
+        Path(f"/proc/sys/net/ipv6/conf/{link}/disable_ipv6").write_text("1\n")
 
 
 def _mountinfo_lines() -> list[str]:
@@ -323,9 +331,7 @@ def _generate_ed25519(comment: str) -> _KeyPair:
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
     ).decode()
-    public = key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH
-    ).decode()
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
     return _KeyPair(private_openssh=private, public_openssh=f"{public} {comment}")
 
 
@@ -485,16 +491,30 @@ def read_claims(claims_dir: Path = DEFAULT_CLAIMS_DIR) -> list[Claim]:
     return sorted((claim for claim in claims if claim is not None), key=lambda claim: claim.index)
 
 
-def _teardown_instance(
-    names: _Names,
-    run_dir: Path | None,
-    *,
-    mnt_ids: set[NsId] | None = None,
-) -> None:
-    """Remove everything carrying the instance's names, in the documented order. Safe to repeat."""
+def _owned_run_dir(index: int, run_dir: str | Path | None) -> Path | None:
+    """``run_dir`` if it is a run directory this module creates for ``index``; nothing else is ever removed."""
+    if not run_dir:
+        return None
+    path = Path(run_dir)
+    if path.is_absolute() and ".." not in path.parts and path.name.startswith(f"{NAME_PREFIX}{index}-"):
+        return path
+    return None
+
+
+def _teardown_instance(names: _Names, run_dir: Path | None, *, mount_ns_pins: Sequence[int] = ()) -> None:
+    """Remove everything carrying the instance's names, in the documented order. Safe to repeat.
+
+    ``mount_ns_pins`` are open descriptors of the hosts' mount namespaces: their processes are killed too, and
+    the descriptors are closed once no process is left.
+    """
+    run_dir = _owned_run_dir(names.index, run_dir)
     namespaces = names.existing_namespaces()
     net_ids = {ns_id for name in namespaces if (ns_id := _ns_id(f"/run/netns/{name}")) is not None}
-    _kill_namespace_processes(net_ids, mnt_ids or set())
+    try:
+        _kill_namespace_processes(net_ids, {_fd_ns_id(fd) for fd in mount_ns_pins})
+    finally:
+        for fd in mount_ns_pins:
+            os.close(fd)
     _kill_sockets(namespaces, [str(names.subnet)])
     links = [link for link in names.existing_links() if link != names.bridge]
     _ip_batch([f"link del {link}" for link in links] + [f"netns del {name}" for name in namespaces], force=True)
@@ -516,13 +536,12 @@ def instance_leftovers(
     *,
     run_dir: str | Path | None = None,
     claims_dir: Path = DEFAULT_CLAIMS_DIR,
-    net_ids: Sequence[NsId] = (),
 ) -> list[str]:
     """Describe whatever of network ``index`` still exists; an empty list means it is completely gone.
 
     Checks namespaces, links, routes (any table), TCP sockets towards the subnet (TIME-WAIT excepted),
-    processes (in the given namespaces or mentioning the run directory), root-namespace mounts, the run
-    directory and the claim file.
+    processes whose command line or mount table mentions the run directory (every process of a host sees
+    its overlays), root-namespace mounts, the run directory and the claim file.
     """
     names = _Names(index)
     problems = [f"network namespace {name}" for name in names.existing_namespaces()]
@@ -530,26 +549,16 @@ def instance_leftovers(
     problems += [f"route {route}" for route in names.routes()]
     sockets = _run(["ss", "-H", "-tan", "exclude", "time-wait", "dst", str(names.subnet)], check=False)
     problems += [f"socket {line.strip()}" for line in sockets.stdout.splitlines() if line.strip()]
-    bound = {
-        ns_id
-        for entry in (os.listdir("/run/netns") if os.path.isdir("/run/netns") else [])
-        if (ns_id := _ns_id(f"/run/netns/{entry}")) is not None
-    }
-    wanted = set(net_ids) - bound
-    needle = str(run_dir).encode() if run_dir is not None else None
-    for pid in _pids():
-        if pid == os.getpid():
-            continue
-        if wanted and _ns_id(f"/proc/{pid}/ns/net") in wanted:
-            problems.append(f"process {pid} ({_comm(pid)}) in a deleted host namespace")
-            continue
-        if needle is not None:
-            try:
-                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-            except OSError:
-                continue
-            if needle in cmdline:
-                problems.append(f"process {pid} ({_comm(pid)}) using {run_dir}")
+    if run_dir is not None:
+        needle = str(run_dir).encode()
+        for pid in _pids():
+            for view in ("cmdline", "mountinfo"):
+                try:
+                    if needle in Path(f"/proc/{pid}/{view}").read_bytes():
+                        problems.append(f"process {pid} ({_comm(pid)}) using {run_dir}")
+                        break
+                except OSError:
+                    break
     needles = [f"/run/netns/{names.prefix}h"] + ([str(run_dir)] if run_dir is not None else [])
     problems += [f"mount {mount_point}" for mount_point in _mounts_matching(needles)]
     if run_dir is not None and os.path.lexists(run_dir):
@@ -566,7 +575,7 @@ def _reap_stale_claims(claims_dir: Path) -> list[Claim]:
         if claim.owner_alive:
             continue
         log.info("removing stale test-host network %s (owner pid %s)", claim.index, claim.pid)
-        _teardown_instance(_Names(claim.index), Path(claim.run_dir) if claim.run_dir else None)
+        _teardown_instance(_Names(claim.index), _owned_run_dir(claim.index, claim.run_dir))
         claim.path.unlink(missing_ok=True)
         reaped.append(claim)
     for path in claims_dir.glob("net-*.json"):
@@ -593,7 +602,17 @@ def _allocate(claims_dir: Path, run_base: Path) -> Claim:
             if (match := re.match(r"net-(\d+)\.json$", path.name))
         }
         routes = _route_table()
-        for index in SUBNET_INDEXES:
+        # Round-robin, so that an index just released (whose owner may still be checking for leftovers) is
+        # not handed out again right away.
+        cursor = claims_dir / "next-index"
+        try:
+            start = int(cursor.read_text())
+        except (OSError, ValueError):
+            start = SUBNET_INDEXES.start
+        order = [index for index in SUBNET_INDEXES if index >= start] + [
+            index for index in SUBNET_INDEXES if index < start
+        ]
+        for index in order:
             if index in claimed:
                 continue
             names = _Names(index)
@@ -620,6 +639,7 @@ def _allocate(claims_dir: Path, run_base: Path) -> Claim:
                 continue
             finally:
                 tmp.unlink()
+            cursor.write_text(f"{index + 1 if index + 1 in SUBNET_INDEXES else SUBNET_INDEXES.start}\n")
             loaded = Claim.load(path)
             assert loaded is not None
             return loaded
@@ -772,8 +792,8 @@ class Host:
         self._host_key = host_key
         self._launcher: subprocess.Popen[bytes] | None = None
         self._pid: int | None = None
-        self._net_id: NsId | None = None
-        self._mnt_id: NsId | None = None
+        self._pid_start: int | None = None
+        self._mount_ns_pin: int | None = None
         self._destroyed = False
 
     def __repr__(self) -> str:
@@ -813,7 +833,7 @@ class Host:
 
     @property
     def alive(self) -> bool:
-        return not self._destroyed and self._pid is not None and _process_alive(self._pid, None)
+        return not self._destroyed and self._pid is not None and _process_alive(self._pid, self._pid_start)
 
     # -- looking inside -----------------------------------------------------------------------------------------
 
@@ -1003,7 +1023,6 @@ class HostNetwork:
         self._lock = threading.RLock()
         self._claim: Claim | None = None
         self._hosts: dict[int, Host] = {}
-        self._net_ids: set[NsId] = set()
         self._closed = False
         self._client_key: _KeyPair | None = None
         self._deploy_ids: _UserIds | None = None
@@ -1069,6 +1088,7 @@ class HostNetwork:
         _write_atomic(self.private_key_path, self._client_key.private_openssh, 0o600)
         _write_atomic(self.run_dir / "id_ed25519.pub", self._client_key.public_openssh + "\n", 0o644)
         _write_atomic(self.known_hosts_path, "", 0o644)
+        _write_atomic(self.ssh_config_path, "", 0o644)
         self._deploy_ids = self._choose_deploy_ids()
         _ip_batch(
             [
@@ -1078,6 +1098,7 @@ class HostNetwork:
                 f"link set {names.bridge} up",
             ]
         )
+        _disable_ipv6(names.bridge)
 
     def close(self) -> None:
         """Destroy every host and the network itself, then verify nothing is left (see module docstring).
@@ -1095,14 +1116,11 @@ class HostNetwork:
                     return
                 hosts = list(self._hosts.values())
                 self._stop_hosts(hosts)
-                mnt_ids = {host._mnt_id for host in hosts if host._mnt_id is not None}
-                _teardown_instance(self._names, self.run_dir, mnt_ids=mnt_ids)
+                _teardown_instance(self._names, self.run_dir, mount_ns_pins=self._take_pins(hosts))
                 self._hosts.clear()
                 leftovers = [item for item in self.leftovers() if not item.startswith("claim ")]
                 if leftovers:
-                    raise HostNetworkError(
-                        f"teardown of test-host network {claim.index} left: " + "; ".join(leftovers)
-                    )
+                    raise HostNetworkError(f"teardown of test-host network {claim.index} left: " + "; ".join(leftovers))
                 claim.path.unlink(missing_ok=True)
             finally:
                 with _LIVE_LOCK:
@@ -1114,9 +1132,7 @@ class HostNetwork:
 
     def leftovers(self) -> list[str]:
         """What of this network still exists on the machine (see :func:`instance_leftovers`)."""
-        return instance_leftovers(
-            self.index, run_dir=self.run_dir, claims_dir=self.claims_dir, net_ids=tuple(self._net_ids)
-        )
+        return instance_leftovers(self.index, run_dir=self.run_dir, claims_dir=self.claims_dir)
 
     # -- properties ---------------------------------------------------------------------------------------------
 
@@ -1171,6 +1187,11 @@ class HostNetwork:
     def known_hosts_path(self) -> Path:
         """``known_hosts`` listing the live hosts by name and address; rewritten whenever hosts change."""
         return self.run_dir / "known_hosts"
+
+    @property
+    def ssh_config_path(self) -> Path:
+        """An ssh_config with one ``Host`` entry per live host: ``ssh -F <path> [deploy@]node1``."""
+        return self.run_dir / "ssh_config"
 
     @property
     def known_hosts_text(self) -> str:
@@ -1249,7 +1270,9 @@ class HostNetwork:
 
     def _boot(self, plan: Sequence[tuple[int, str]]) -> list[Host]:
         names = self._names
-        hosts = [Host(network=self, name=name, slot=slot, host_key=_generate_ed25519(f"root@{name}")) for slot, name in plan]
+        hosts = [
+            Host(network=self, name=name, slot=slot, host_key=_generate_ed25519(f"root@{name}")) for slot, name in plan
+        ]
         for host in hosts:
             self._hosts[host.slot] = host
         try:
@@ -1266,11 +1289,7 @@ class HostNetwork:
                 ]
             _ip_batch(root_commands)
             for host in hosts:
-                ns_id = _ns_id(f"/run/netns/{host.namespace}")
-                if ns_id is None:
-                    raise HostNetworkError(f"namespace {host.namespace} vanished")
-                host._net_id = ns_id
-                self._net_ids.add(ns_id)
+                _disable_ipv6(host.veth)
             configure = [
                 subprocess.Popen(
                     ["ip", "-n", host.namespace, "-batch", "-"],
@@ -1429,18 +1448,21 @@ class HostNetwork:
                         continue
                     host._pid = sshd[0]
                 if _listens_on(host._pid, SSH_PORT):
-                    host._mnt_id = _ns_id(f"/proc/{host._pid}/ns/mnt")
+                    host._pid_start = _process_start_ticks(host._pid)
+                    host._mount_ns_pin = os.open(f"/proc/{host._pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
                     del pending[slot]
             if not pending:
                 return
             if time.monotonic() > deadline:
-                raise HostNetworkError(f"sshd of {sorted(h.name for h in pending.values())} not listening after {BOOT_TIMEOUT:.0f}s")
+                raise HostNetworkError(
+                    f"sshd of {sorted(h.name for h in pending.values())} not listening after {BOOT_TIMEOUT:.0f}s"
+                )
             time.sleep(0.005)
 
     def _stop_hosts(self, hosts: Sequence[Host]) -> None:
         """Kill each host's PID 1 (the kernel then kills its PID namespace) and reap the launchers."""
         for host in hosts:
-            if host._pid is not None and _process_alive(host._pid, None):
+            if host._pid is not None and host._pid_start is not None and _process_alive(host._pid, host._pid_start):
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(host._pid, signal.SIGKILL)
             elif host._launcher is not None and host._launcher.poll() is None:
@@ -1455,13 +1477,27 @@ class HostNetwork:
                     host._launcher.wait(timeout=KILL_TIMEOUT)
             host._destroyed = True
 
+    @staticmethod
+    def _take_pins(hosts: Sequence[Host]) -> list[int]:
+        """Hand over the descriptors that keep the hosts' mount namespaces (and their identities) alive."""
+        pins = []
+        for host in hosts:
+            if host._mount_ns_pin is not None:
+                pins.append(host._mount_ns_pin)
+                host._mount_ns_pin = None
+        return pins
+
     def _destroy(self, hosts: Sequence[Host]) -> None:
         """Tear down hosts following the documented order; the network itself stays."""
         self._stop_hosts(hosts)
         namespaces = [host.namespace for host in hosts if Path("/run/netns", host.namespace).exists()]
         net_ids = {ns_id for name in namespaces if (ns_id := _ns_id(f"/run/netns/{name}")) is not None}
-        mnt_ids = {host._mnt_id for host in hosts if host._mnt_id is not None}
-        _kill_namespace_processes(net_ids, mnt_ids)
+        pins = self._take_pins(hosts)
+        try:
+            _kill_namespace_processes(net_ids, {_fd_ns_id(fd) for fd in pins})
+        finally:
+            for fd in pins:
+                os.close(fd)
         _kill_sockets(namespaces, [f"{host.ip}/32" for host in hosts])
         existing_links = set(os.listdir("/sys/class/net"))
         _ip_batch(
@@ -1479,15 +1515,35 @@ class HostNetwork:
         """Rewrite known_hosts and the managed block of /etc/hosts on the running hosts."""
         known_hosts = "".join(host.known_hosts_line + "\n" for host in self.hosts)
         _write_atomic(self.known_hosts_path, known_hosts, 0o644)
+        _write_atomic(self.ssh_config_path, self._render_ssh_config(), 0o644)
         block = self._hosts_block()
         for host in self.hosts:
             if host in new or not host.alive:
                 continue
             etc = Path(f"/proc/{host.pid}/root/etc")
-            current = (etc / "hosts").read_text()
+            try:
+                current = (etc / "hosts").read_text()
+            except FileNotFoundError:
+                current = ""
             updated = _replace_hosts_block(current, block)
             if updated != current:
                 _write_atomic(etc / "hosts", updated, 0o644)
+
+    def _render_ssh_config(self) -> str:
+        blocks = []
+        for host in self.hosts:
+            options = [
+                ("HostName", host.ip),
+                ("Port", str(host.port)),
+                ("User", "root"),
+                ("IdentityFile", str(self.private_key_path)),
+                ("IdentitiesOnly", "yes"),
+                ("UserKnownHostsFile", str(self.known_hosts_path)),
+                ("GlobalKnownHostsFile", "/dev/null"),
+                ("StrictHostKeyChecking", "yes"),
+            ]
+            blocks.append(f"Host {host.name}\n" + "".join(f"    {key} {value}\n" for key, value in options))
+        return "\n".join(blocks)
 
     # -- helpers for callers ------------------------------------------------------------------------------------
 
@@ -1563,5 +1619,6 @@ class HostNetwork:
             "owner_pid": self.owner_pid,
             "private_key_path": str(self.private_key_path),
             "known_hosts_path": str(self.known_hosts_path),
+            "ssh_config_path": str(self.ssh_config_path),
             "hosts": [host.describe() for host in self.hosts],
         }

@@ -18,8 +18,6 @@ import ansible_runner
 import pytest
 import yaml
 
-pytestmark = pytest.mark.integration
-
 from tests.testhosts.fixtures import MakeHosts, require_test_hosts
 from tests.testhosts.harness import (
     DEFAULT_CLAIMS_DIR,
@@ -30,6 +28,8 @@ from tests.testhosts.harness import (
     cleanup_stale,
     instance_leftovers,
 )
+
+pytestmark = pytest.mark.integration
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -72,7 +72,9 @@ def _wait_for(predicate: Callable[[], bool], timeout: float = 10.0, message: str
         time.sleep(0.05)
 
 
-def test_root_and_deploy_log_in_with_the_key_only(make_hosts: MakeHosts, tmp_path: Path) -> None:
+def test_root_and_deploy_log_in_with_the_key_only(
+    make_hosts: MakeHosts, host_network: HostNetwork, tmp_path: Path
+) -> None:
     hosts = make_hosts(3)
 
     for host in hosts:
@@ -82,6 +84,13 @@ def test_root_and_deploy_log_in_with_the_key_only(make_hosts: MakeHosts, tmp_pat
         assert as_root.stdout.split() == [host.name, "root"]
         as_deploy = host.ssh("id -un && sudo -n true && sudo -n id -un && echo $HOME", user=DEPLOY_USER, check=True)
         assert as_deploy.stdout.split() == [DEPLOY_USER, "root", "/var/lib/deploy-home"]
+
+    via_config = subprocess.run(
+        ["ssh", "-F", str(host_network.ssh_config_path), "-o", "BatchMode=yes", f"{DEPLOY_USER}@{hosts[2].name}",
+         "hostname"],
+        capture_output=True, text=True, timeout=30, stdin=subprocess.DEVNULL, check=True,
+    )  # fmt: skip
+    assert via_config.stdout.strip() == hosts[2].name
 
     other_key = tmp_path / "other_key"
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(other_key)], check=True)

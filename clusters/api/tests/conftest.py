@@ -7,7 +7,7 @@ cluster, a job's events) is written directly.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -214,10 +214,3 @@ def assert_no_secret(body: bytes | str, secrets: list[str]) -> None:
     text = body.decode() if isinstance(body, bytes) else body
     for secret in secrets:
         assert secret not in text, "a secret value appears in the response"
-
-
-@pytest.fixture
-def enqueued(django_capture_on_commit_callbacks: Any) -> Iterator[list[Any]]:
-    """The on-commit callbacks a request registered (not executed: no broker is involved)."""
-    with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        yield callbacks

@@ -7,6 +7,7 @@ engine's own tests cover the worker side.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -28,13 +29,27 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
     return messages
 
 
+@pytest.fixture
+def post(api: Any, django_capture_on_commit_callbacks: Any) -> Callable[..., tuple[Any, list[Any]]]:
+    """POST as an operator; returns the response and the commit callbacks the request registered (not run)."""
+
+    def send(url: str, payload: Any = None) -> tuple[Any, list[Any]]:
+        with django_capture_on_commit_callbacks(execute=False) as callbacks:
+            response = api.post(url, payload, format="json") if payload is not None else api.post(url)
+        return response, callbacks
+
+    return send
+
+
 def run_callbacks(callbacks: list[Any]) -> None:
     for callback in callbacks:
         callback()
 
 
-def assert_accepted(response: Any, kind: str) -> Job:
+def assert_accepted(response: Any, enqueued: list[Any] | None = None, *, kind: str) -> Job:
     assert response.status_code == 202, response.json()
+    if enqueued is not None:
+        assert len(enqueued) == 1
     body = response.json()
     job = Job.objects.get(pk=body["id"])
     assert job.kind == kind
@@ -45,10 +60,10 @@ def assert_accepted(response: Any, kind: str) -> Job:
     return job
 
 
-def test_install_enqueues_one_job_after_commit(api, cluster, operator, enqueued, sent):
-    response = api.post(f"/api/clusters/{cluster.pk}/install/", {}, format="json")
+def test_install_enqueues_one_job_after_commit(cluster, operator, post, sent):
+    response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", {})
 
-    job = assert_accepted(response, JobKind.INSTALL)
+    job = assert_accepted(response, enqueued, kind=JobKind.INSTALL)
     assert job.stages == ["initial_master", "joining_masters", "workers", "all"]
     assert job.requested_by == operator
     assert job.params == {"resume": False}
@@ -58,10 +73,10 @@ def test_install_enqueues_one_job_after_commit(api, cluster, operator, enqueued,
     assert AuditLog.objects.filter(action="job.request.install", cluster=cluster, actor=operator).exists()
 
 
-def test_install_conflicts_with_an_active_job(api, cluster, enqueued):
+def test_install_conflicts_with_an_active_job(cluster, post):
     active = make_job(cluster, kind=JobKind.PREFLIGHT, status=JobStatus.RUNNING)
 
-    response = api.post(f"/api/clusters/{cluster.pk}/install/", {}, format="json")
+    response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", {})
 
     assert response.status_code == 409
     body = response.json()
@@ -71,35 +86,35 @@ def test_install_conflicts_with_an_active_job(api, cluster, enqueued):
     assert enqueued == []
 
 
-def test_install_resume_needs_a_failed_install(api, cluster, enqueued):
-    response = api.post(f"/api/clusters/{cluster.pk}/install/", {"resume": True}, format="json")
+def test_install_resume_needs_a_failed_install(cluster, post):
+    response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", {"resume": True})
 
     assert response.status_code == 400
     assert "resume" in response.json()["errors"]
     assert enqueued == []
 
 
-def test_install_resume_starts_at_the_failed_stage(api, cluster, enqueued):
+def test_install_resume_starts_at_the_failed_stage(cluster, post):
     failed = make_job(cluster, kind=JobKind.INSTALL, status=JobStatus.FAILED, stage="workers")
 
-    response = api.post(f"/api/clusters/{cluster.pk}/install/", {"resume": True}, format="json")
+    response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", {"resume": True})
 
-    job = assert_accepted(response, JobKind.INSTALL)
+    job = assert_accepted(response, enqueued, kind=JobKind.INSTALL)
     assert job.stages == ["workers", "all"]
     assert response.json()["resume_of"] == failed.pk
 
 
-def test_install_refused_for_an_installed_cluster(api, installed_cluster, enqueued):
-    response = api.post(f"/api/clusters/{installed_cluster.pk}/install/", {}, format="json")
+def test_install_refused_for_an_installed_cluster(installed_cluster, post):
+    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/install/", {})
 
     assert response.status_code == 409
     assert response.json()["code"] == "invalid_state"
 
 
-def test_install_needs_a_credential(api, make_cluster, enqueued):
+def test_install_needs_a_credential(make_cluster, post):
     cluster = make_cluster("nocred", ssh_credential=None)
 
-    response = api.post(f"/api/clusters/{cluster.pk}/install/", {}, format="json")
+    response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", {})
 
     assert response.status_code == 409
     assert "SSH credential" in response.json()["message"]
@@ -116,81 +131,78 @@ def test_install_needs_a_credential(api, make_cluster, enqueued):
         ({"drain_timeout": 10**12}, "drain_timeout"),
     ],
 )
-def test_job_options_are_validated(api, cluster, payload, field, enqueued):
-    response = api.post(f"/api/clusters/{cluster.pk}/install/", payload, format="json")
+def test_job_options_are_validated(cluster, payload, field, post):
+    response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", payload)
 
     assert response.status_code == 400
     assert field in response.json()["errors"]
 
 
-def test_job_options_are_stored(api, cluster, enqueued):
-    response = api.post(
-        f"/api/clusters/{cluster.pk}/install/", {"workers_batch": "25%", "drain_timeout": 300}, format="json"
-    )
-    job = assert_accepted(response, JobKind.INSTALL)
+def test_job_options_are_stored(cluster, post):
+    response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", {"workers_batch": "25%", "drain_timeout": 300})
+    job = assert_accepted(response, enqueued, kind=JobKind.INSTALL)
     assert job.params == {"resume": False, "workers_batch": "25%", "drain_timeout": 300}
 
     Job.objects.filter(pk=job.pk).update(status=JobStatus.CANCELED)
-    response = api.post(f"/api/clusters/{cluster.pk}/preflight/", {"workers_batch": "2"}, format="json")
-    assert assert_accepted(response, JobKind.PREFLIGHT).params == {"workers_batch": 2}
+    response, enqueued = post(f"/api/clusters/{cluster.pk}/preflight/", {"workers_batch": "2"})
+    assert assert_accepted(response, enqueued, kind=JobKind.PREFLIGHT).params == {"workers_batch": 2}
 
 
-def test_upgrade(api, installed_cluster, enqueued):
-    response = api.post(
-        f"/api/clusters/{installed_cluster.pk}/upgrade/", {"target_version": "v1.32.1+rke2r1"}, format="json"
-    )
+def test_upgrade(installed_cluster, post):
+    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/upgrade/", {"target_version": "v1.32.1+rke2r1"})
 
-    job = assert_accepted(response, JobKind.UPGRADE)
+    job = assert_accepted(response, enqueued, kind=JobKind.UPGRADE)
     assert job.stages == ["upgrade"]
     assert job.params == {"target_version": "v1.32.1+rke2r1", "allow_downgrade": False, "allow_minor_skip": False}
+    assert len(enqueued) == 1
 
 
 @pytest.mark.parametrize(
     "payload",
     [{}, {"target_version": "latest"}, {"target_version": "v1.30.1+rke2r1"}, {"target_version": "v1.34.1+rke2r1"}],
 )
-def test_upgrade_refuses_bad_targets(api, installed_cluster, payload, enqueued):
-    response = api.post(f"/api/clusters/{installed_cluster.pk}/upgrade/", payload, format="json")
+def test_upgrade_refuses_bad_targets(installed_cluster, payload, post):
+    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/upgrade/", payload)
 
     assert response.status_code == 400
     assert "target_version" in response.json()["errors"]
 
 
-def test_upgrade_needs_an_installed_cluster(api, cluster, enqueued):
-    response = api.post(f"/api/clusters/{cluster.pk}/upgrade/", {"target_version": "v1.32.1+rke2r1"}, format="json")
+def test_upgrade_needs_an_installed_cluster(cluster, post):
+    response, enqueued = post(f"/api/clusters/{cluster.pk}/upgrade/", {"target_version": "v1.32.1+rke2r1"})
 
     assert response.status_code == 409
     assert response.json()["code"] == "invalid_state"
 
 
-def test_uninstall_needs_the_name_as_confirmation(api, installed_cluster, enqueued):
+def test_uninstall_needs_the_name_as_confirmation(installed_cluster, post):
     url = f"/api/clusters/{installed_cluster.pk}/uninstall/"
 
-    response = api.post(url, {"confirm": "something-else"}, format="json")
+    response, enqueued = post(url, {"confirm": "something-else"})
     assert response.status_code == 400
     assert "confirm" in response.json()["errors"]
 
-    response = api.post(url, {"confirm": installed_cluster.name}, format="json")
-    job = assert_accepted(response, JobKind.UNINSTALL)
+    response, enqueued = post(url, {"confirm": installed_cluster.name})
+    job = assert_accepted(response, enqueued, kind=JobKind.UNINSTALL)
     assert "confirm" not in job.params
 
 
-def test_preflight(api, cluster, enqueued):
-    job = assert_accepted(api.post(f"/api/clusters/{cluster.pk}/preflight/", {}, format="json"), JobKind.PREFLIGHT)
+def test_preflight(cluster, post):
+    job = assert_accepted(*post(f"/api/clusters/{cluster.pk}/preflight/", {}), kind=JobKind.PREFLIGHT)
     assert job.stages == ["preflight"]
 
 
-def test_preflight_accepts_an_empty_body(api, cluster, enqueued):
-    assert_accepted(api.post(f"/api/clusters/{cluster.pk}/preflight/"), JobKind.PREFLIGHT)
+def test_preflight_accepts_an_empty_body(cluster, post):
+    assert_accepted(*post(f"/api/clusters/{cluster.pk}/preflight/"), kind=JobKind.PREFLIGHT)
 
 
 @pytest.mark.parametrize("path, kind", [("fetch-kubeconfig", JobKind.FETCH_KUBECONFIG), ("health", JobKind.HEALTH)])
-def test_maintenance_jobs(api, installed_cluster, path, kind, enqueued):
-    assert_accepted(api.post(f"/api/clusters/{installed_cluster.pk}/{path}/", {}, format="json"), kind)
+def test_maintenance_jobs(installed_cluster, path, kind, post):
+    assert_accepted(*post(f"/api/clusters/{installed_cluster.pk}/{path}/", {}), kind=kind)
 
 
-def test_job_request_on_unknown_cluster(api, enqueued):
-    response = api.post("/api/clusters/555555/preflight/", {}, format="json")
+def test_job_request_on_unknown_cluster(post):
+    response, enqueued = post("/api/clusters/555555/preflight/", {})
 
     assert response.status_code == 404
 
@@ -198,10 +210,10 @@ def test_job_request_on_unknown_cluster(api, enqueued):
 # --- scaling ----------------------------------------------------------------------------------------------------
 
 
-def test_scale_add(api, installed_cluster, enqueued, sent):
+def test_scale_add(installed_cluster, post, sent):
     nodes = [{"hostname": "node4", "internal_ip": "10.0.0.4"}, {"hostname": "node5", "internal_ip": "10.0.0.5", "role": "server"}]
 
-    response = api.post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": nodes}, format="json")
+    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": nodes})
 
     assert response.status_code == 202, response.json()
     body = response.json()
@@ -217,10 +229,10 @@ def test_scale_add(api, installed_cluster, enqueued, sent):
     assert [message["args"] for message in sent] == [[job.pk]]
 
 
-def test_scale_add_keeps_nothing_when_the_job_is_refused(api, cluster, enqueued):
+def test_scale_add_keeps_nothing_when_the_job_is_refused(cluster, post):
     nodes = [{"hostname": "node9", "internal_ip": "10.0.0.9"}]
 
-    response = api.post(f"/api/clusters/{cluster.pk}/scale/add/", {"nodes": nodes}, format="json")
+    response, enqueued = post(f"/api/clusters/{cluster.pk}/scale/add/", {"nodes": nodes})
 
     assert response.status_code == 409  # not installed yet
     assert not Node.objects.filter(hostname="node9").exists()
@@ -228,23 +240,23 @@ def test_scale_add_keeps_nothing_when_the_job_is_refused(api, cluster, enqueued)
     assert enqueued == []
 
 
-def test_scale_add_refused_while_a_job_is_active(api, installed_cluster, enqueued):
+def test_scale_add_refused_while_a_job_is_active(installed_cluster, post):
     make_job(installed_cluster, kind=JobKind.HEALTH, status=JobStatus.PENDING)
 
-    response = api.post(
-        f"/api/clusters/{installed_cluster.pk}/scale/add/",
-        {"nodes": [{"hostname": "node9", "internal_ip": "10.0.0.9"}]}, format="json",
+    response, enqueued = post(
+        f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": [{"hostname": "node9", "internal_ip": "10.0.0.9"}]}
     )
 
     assert response.status_code == 409
     assert response.json()["code"] == "job_conflict"
     assert not Node.objects.filter(hostname="node9").exists()
+    assert enqueued == []
 
 
-def test_scale_add_reports_node_errors(api, installed_cluster, enqueued):
+def test_scale_add_reports_node_errors(installed_cluster, post):
     nodes = [{"hostname": "node1", "internal_ip": "10.0.0.8"}, {"hostname": "node8", "internal_ip": "nope"}]
 
-    response = api.post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": nodes}, format="json")
+    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": nodes})
 
     assert response.status_code == 400
     errors = response.json()["errors"]
@@ -252,16 +264,16 @@ def test_scale_add_reports_node_errors(api, installed_cluster, enqueued):
     assert not Node.objects.filter(hostname="node8").exists()
 
 
-def test_scale_add_needs_nodes(api, installed_cluster, enqueued):
-    response = api.post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": []}, format="json")
+def test_scale_add_needs_nodes(installed_cluster, post):
+    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": []})
 
     assert response.status_code == 400
     assert "nodes" in response.json()["errors"]
 
 
-def test_scale_remove(api, installed_cluster, enqueued):
-    response = api.post(
-        f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": ["node3"], "ungraceful": True}, format="json"
+def test_scale_remove(installed_cluster, post):
+    response, enqueued = post(
+        f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": ["node3"], "ungraceful": True}
     )
 
     assert response.status_code == 202, response.json()
@@ -273,10 +285,10 @@ def test_scale_remove(api, installed_cluster, enqueued):
     assert len(enqueued) == 1
 
 
-def test_scale_remove_of_never_installed_nodes_needs_no_job(api, installed_cluster, enqueued):
+def test_scale_remove_of_never_installed_nodes_needs_no_job(installed_cluster, post):
     Node.objects.create(cluster=installed_cluster, hostname="spare", internal_ip="10.0.0.50")
 
-    response = api.post(f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": ["spare"]}, format="json")
+    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": ["spare"]})
 
     assert response.status_code == 200, response.json()
     body = response.json()
@@ -290,18 +302,18 @@ def test_scale_remove_of_never_installed_nodes_needs_no_job(api, installed_clust
     "hostnames, message",
     [(["node1"], "last server"), (["ghost"], "ghost")],
 )
-def test_scale_remove_refusals(api, installed_cluster, hostnames, message, enqueued):
-    response = api.post(f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": hostnames}, format="json")
+def test_scale_remove_refusals(installed_cluster, hostnames, message, post):
+    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": hostnames})
 
     assert response.status_code == 400
     assert message in " ".join(response.json()["errors"]["hostnames"])
     assert not Node.objects.filter(status=NodeStatus.DRAINING).exists()
 
 
-def test_scale_remove_refused_while_a_job_is_active(api, installed_cluster, enqueued):
+def test_scale_remove_refused_while_a_job_is_active(installed_cluster, post):
     make_job(installed_cluster, kind=JobKind.HEALTH, status=JobStatus.RUNNING)
 
-    response = api.post(f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": ["node3"]}, format="json")
+    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": ["node3"]})
 
     assert response.status_code == 409
     assert Node.objects.get(cluster=installed_cluster, hostname="node3").status == NodeStatus.ACTIVE

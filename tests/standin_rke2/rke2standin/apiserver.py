@@ -26,6 +26,7 @@ NAMESPACES = ("default", "kube-node-lease", "kube-public", "kube-system")
 MEMBER_ANNOTATION = "etcd.rke2.cattle.io/node-name"
 MIRROR_ANNOTATION = "kubernetes.io/config.mirror"
 ANONYMOUS_PATHS = ("/version", "/healthz", "/livez", "/readyz")
+REMOVE_MEMBER_RETRY_SECONDS = 7.0
 ALL_VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
 
@@ -277,13 +278,21 @@ class API:
             return self.etcd
         others = [url for m in members if m["id"] != target["id"] and not m["isLearner"] for url in m["clientURLs"]]
         client = self.etcd.with_endpoints(others) if others else self.etcd
-        try:
-            client.member_remove(target["id"])
-        except (etcd.EtcdError, etcd.EtcdUnavailable) as exc:
-            log.error("Failed to remove etcd member", member=member_name, node=node_name, error=str(exc))
-            raise k8s.APIError(
-                500, "failed to remove etcd member %s of node %s: %s" % (member_name, node_name, exc)
-            ) from None
+        # etcd answers "unhealthy cluster" while a member has been connected for less than its health interval
+        # (5s); rke2's controller keeps retrying, so retry for a little longer than that before giving up.
+        deadline = time.time() + REMOVE_MEMBER_RETRY_SECONDS
+        while True:
+            try:
+                client.member_remove(target["id"])
+                break
+            except (etcd.EtcdError, etcd.EtcdUnavailable) as exc:
+                if "unhealthy cluster" in str(exc) and time.time() < deadline:
+                    time.sleep(0.5)
+                    continue
+                log.error("Failed to remove etcd member", member=member_name, node=node_name, error=str(exc))
+                raise k8s.APIError(
+                    500, "failed to remove etcd member %s of node %s: %s" % (member_name, node_name, exc)
+                ) from None
         log.info("Removed etcd member", member=member_name, node=node_name)
         return client
 

@@ -117,7 +117,8 @@ def issue(ca_crt, ca_key, crt_path, key_path, cn, orgs=(), sans=(), server=True,
         with open(ext_file, "w") as handle:
             handle.write("\n".join(ext) + "\n")
         with open(conf, "w") as handle:
-            handle.write(_MIN_CONF + "".join("%d.O = %s\n" % (i, o) for i, o in enumerate(orgs)) + "CN = %s\n" % cn)
+            dn = "".join("%d.O = %s\n" % (i, o) for i, o in enumerate(orgs)) + ("CN = %s\n" % cn if cn else "")
+            handle.write(_MIN_CONF + dn)
         _openssl("req", "-new", "-key", key_file, "-config", conf, "-out", csr_file)
         cert = _openssl(
             "x509", "-req", "-in", csr_file, "-CA", ca_crt, "-CAkey", ca_key,

@@ -69,13 +69,14 @@ class Server:
         )
 
     def issue_etcd_certs(self):
+        # No common name: etcd's JSON gateway would log a warning for every request made with a CN.
         sans = ["localhost", "127.0.0.1", self.ip, socket.gethostname(), self.name]
         pki.issue(self.tls("etcd/server-ca.crt"), self.tls("etcd/server-ca.key"), self.tls("etcd/server-client.crt"),
-                  self.tls("etcd/server-client.key"), "etcd-server", sans=sans)
+                  self.tls("etcd/server-client.key"), None, orgs=["etcd-server"], sans=sans)
         pki.issue(self.tls("etcd/peer-ca.crt"), self.tls("etcd/peer-ca.key"), self.tls("etcd/peer-server-client.crt"),
-                  self.tls("etcd/peer-server-client.key"), "etcd-peer", sans=sans)
+                  self.tls("etcd/peer-server-client.key"), None, orgs=["etcd-peer"], sans=sans)
         pki.issue(self.tls("etcd/server-ca.crt"), self.tls("etcd/server-ca.key"), self.tls("etcd/client.crt"),
-                  self.tls("etcd/client.key"), "etcd-client", server=False)
+                  self.tls("etcd/client.key"), None, orgs=["etcd-client"], server=False)
 
     def etcd_args(self, initial_cluster=None, state=None):
         tls = self.paths.etcd_tls
@@ -97,7 +98,7 @@ class Server:
             "--snapshot-count=10000",
             "--logger=zap",
             "--log-outputs=stderr",
-            "--log-level=error",
+            "--log-level=warn",
         ]
         if initial_cluster:
             args += ["--initial-cluster=%s" % initial_cluster, "--initial-cluster-state=%s" % state]
@@ -445,7 +446,6 @@ class Server:
         log.info("Shutting down rke2 server (etcd keeps running until rke2-killall.sh)")
         for server in self.http_servers:
             try:
-                server.shutdown()
                 server.server_close()
             except OSError:
                 pass
