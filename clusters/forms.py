@@ -221,13 +221,16 @@ class NodeInlineFormSet(forms.BaseInlineFormSet):
         super().clean()
         if any(self.errors):
             return
-        for form in self.forms:
-            if form.instance.pk and self._should_delete_form(form) and form.instance.status != NodeStatus.PENDING:
-                form.add_error(
-                    None,
-                    f"{form.instance.hostname} is installed: remove it with the “Remove nodes” operation, which "
-                    "drains it and uninstalls RKE2 from its host.",
-                )
+        installed = [
+            form.instance.hostname for form in self.forms
+            if form.instance.pk and self._should_delete_form(form) and form.instance.status != NodeStatus.PENDING
+        ]
+        if installed:
+            # A deleted row's own errors do not count (Django ignores them), so this is the formset's error.
+            raise ValidationError(
+                f"{', '.join(installed)}: installed nodes are removed with the “Remove nodes” operation, which drains "
+                "them and uninstalls RKE2 from their hosts."
+            )
         seen: set[tuple[str, str]] = set()
         initial_masters = []
         for form in self.forms:
@@ -396,7 +399,8 @@ class SSHCredentialForm(forms.ModelForm):
     """An SSH credential. The private key and passphrase are write-only: they are never shown, and leaving the key
     empty when editing keeps the stored key and passphrase."""
 
-    # Not model fields of the form (see Meta.fields): an empty input must not overwrite the stored secret.
+    # Not model fields of the form (see Meta.fields, which must not list them): an empty input must not overwrite
+    # the stored secret.
     private_key = forms.CharField(
         required=False, strip=False, widget=SecretTextarea(),
         help_text="OpenSSH or PEM private key. It is stored encrypted and never shown again.",
@@ -438,8 +442,9 @@ class SSHCredentialForm(forms.ModelForm):
 
     def service_data(self, *, only_changed: bool) -> dict[str, Any]:
         """The values as ``credential_create``/``credential_update`` take them; secrets only when a key was given."""
-        fields = self._meta.fields or ()  # type: ignore[attr-defined]
-        data = {field: self.cleaned_data[field] for field in fields if not only_changed or field in self.changed_data}
+        data = {
+            field: self.cleaned_data[field] for field in self.Meta.fields if not only_changed or field in self.changed_data
+        }
         if self.key_changed:
             data["private_key"] = self.cleaned_data["private_key"]
             data["passphrase"] = self.cleaned_data.get("passphrase") or ""

@@ -28,7 +28,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from clusters.choices import LIVE_NODE_STATUSES, SERVER_ROLES, InstallationStage, NodeRole
+from clusters.choices import SERVER_ROLES, InstallationStage, NodeRole
 from clusters.exceptions import InvalidState
 from clusters.models import Cluster, Node
 
@@ -39,8 +39,8 @@ from .variables import ClusterSnapshot, VariableRenderer, ordered_subset, pick_a
 __all__ = [
     "CONFIG_TEMPLATES",
     "GROUPS",
-    "STAGE_GROUP_OF_ROLE",
     "STAGES",
+    "STAGE_GROUP_OF_ROLE",
     "ClusterSnapshot",
     "InventoryRenderer",
     "RenderedInventory",
@@ -119,13 +119,8 @@ def _build(
     acting.update(node.pk for node in remove)
     if api_host is not None:
         acting.add(api_host.pk)
-    removing = {node.pk for node in remove}
-    present = [
-        node
-        for node in snapshot.nodes
-        if node.pk in acting
-        or (node.role in SERVER_ROLES and node.status in LIVE_NODE_STATUSES and node.pk not in removing)
-    ]
+    live_servers = {node.pk for node in snapshot.live_servers}
+    present = [node for node in snapshot.nodes if node.pk in acting or node.pk in live_servers]
 
     hosts = {node.hostname: snapshot.node_vars(node) for node in present}
     groups: dict[str, dict[str, Any]] = {name: {"hosts": {}} for name in GROUPS}
@@ -180,7 +175,11 @@ class InventoryRenderer:
             raise ValueError(f"Unknown stage {stage!r}; expected one of {', '.join(STAGES)}.")
         snapshot = _snapshot(cluster, snapshot)
         eligible = [node for node in snapshot.live_nodes if node.role in _ROLES_OF_STAGE[stage]]
-        targets = eligible if nodes is None else ordered_subset(snapshot.nodes, nodes, allowed=eligible, what=f"stage {stage}")
+        targets = (
+            eligible
+            if nodes is None
+            else ordered_subset(snapshot.nodes, nodes, allowed=eligible, what=f"stage {stage}")
+        )
         target_pks = {node.pk for node in targets}
         others = [node for node in snapshot.live_servers if node.pk not in target_pks]
         if stage == "initial_master":
@@ -206,9 +205,13 @@ class InventoryRenderer:
             raise ValueError("A scale-out needs at least one new node.")
         for node in targets:
             if node.role == NodeRole.INITIAL_MASTER:
-                raise ValueError(f"Node {node.hostname} is an initial master; a scale-out only joins masters and workers.")
+                raise ValueError(
+                    f"Node {node.hostname} is an initial master; a scale-out only joins masters and workers."
+                )
         target_pks = {node.pk for node in targets}
-        api_host = pick_api_host([node for node in snapshot.live_servers if node.pk not in target_pks], require_active=True)
+        api_host = pick_api_host(
+            [node for node in snapshot.live_servers if node.pk not in target_pks], require_active=True
+        )
         if api_host is None:
             raise InvalidState("The cluster has no active server to join new nodes to.")
         return _build(snapshot, stage_groups=_stage_groups(targets), api_host=api_host)
@@ -227,7 +230,9 @@ class InventoryRenderer:
         if not targets:
             raise ValueError("A scale-in needs at least one node to remove.")
         target_pks = {node.pk for node in targets}
-        api_host = pick_api_host([node for node in snapshot.live_servers if node.pk not in target_pks], require_active=True)
+        api_host = pick_api_host(
+            [node for node in snapshot.live_servers if node.pk not in target_pks], require_active=True
+        )
         if api_host is None:
             raise InvalidState("The cluster has no other active server to remove nodes through.")
         return _build(snapshot, stage_groups={}, api_host=api_host, remove=targets)
@@ -254,4 +259,3 @@ def _snapshot(cluster: Cluster, snapshot: ClusterSnapshot | None) -> ClusterSnap
     if snapshot.cluster.pk != cluster.pk:
         raise ValueError("The snapshot belongs to another cluster.")
     return snapshot
-

@@ -61,30 +61,82 @@ DEFAULT_AGENT_CONFIG: Mapping[str, Any] = {}
 # Keys the config templates set from model fields. Extra config cannot override them.
 MANAGED_CONFIG_KEYS = frozenset(
     {
-        "server", "token", "token-file", "agent-token", "agent-token-file",
-        "node-name", "node-ip", "node-external-ip", "node-label", "node-taint",
-        "cni", "cluster-cidr", "service-cidr", "cluster-dns", "cluster-domain", "tls-san",
+        "server",
+        "token",
+        "token-file",
+        "agent-token",
+        "agent-token-file",
+        "node-name",
+        "node-ip",
+        "node-external-ip",
+        "node-label",
+        "node-taint",
+        "cni",
+        "cluster-cidr",
+        "service-cidr",
+        "cluster-dns",
+        "cluster-domain",
+        "tls-san",
     }
 )
 
 _SERVER_ONLY_KEYS = frozenset(
     {
-        "advertise-address", "advertise-port", "cluster-init", "cluster-reset", "cluster-reset-restore-path",
-        "cni", "cluster-cidr", "cluster-dns", "cluster-domain", "disable", "disable-apiserver",
-        "disable-cloud-controller", "disable-controller-manager", "disable-etcd", "disable-kube-proxy",
-        "disable-scheduler", "egress-selector-mode", "embedded-registry", "enable-servicelb", "https-listen-port",
-        "ingress-controller", "secrets-encryption", "secrets-encryption-provider", "service-cidr",
-        "service-node-port-range", "supervisor-metrics", "system-default-registry", "tls-san", "tls-san-security",
-        "write-kubeconfig", "write-kubeconfig-group", "write-kubeconfig-mode",
+        "advertise-address",
+        "advertise-port",
+        "cluster-init",
+        "cluster-reset",
+        "cluster-reset-restore-path",
+        "cni",
+        "cluster-cidr",
+        "cluster-dns",
+        "cluster-domain",
+        "disable",
+        "disable-apiserver",
+        "disable-cloud-controller",
+        "disable-controller-manager",
+        "disable-etcd",
+        "disable-kube-proxy",
+        "disable-scheduler",
+        "egress-selector-mode",
+        "embedded-registry",
+        "enable-servicelb",
+        "https-listen-port",
+        "ingress-controller",
+        "secrets-encryption",
+        "secrets-encryption-provider",
+        "service-cidr",
+        "service-node-port-range",
+        "supervisor-metrics",
+        "system-default-registry",
+        "tls-san",
+        "tls-san-security",
+        "write-kubeconfig",
+        "write-kubeconfig-group",
+        "write-kubeconfig-mode",
     }
 )
 _SERVER_ONLY_PREFIXES = (
-    "etcd-", "kube-apiserver-", "kube-controller-manager-", "kube-scheduler-", "cloud-controller-manager-", "datastore-",
+    "etcd-",
+    "kube-apiserver-",
+    "kube-controller-manager-",
+    "kube-scheduler-",
+    "cloud-controller-manager-",
+    "datastore-",
 )
 
 # The node columns rendering reads; the snapshot loads only these.
 RENDER_FIELDS = (
-    "id", "cluster_id", "hostname", "internal_ip", "external_ip", "use_external_ip", "role", "status", "labels", "taints",
+    "id",
+    "cluster_id",
+    "hostname",
+    "internal_ip",
+    "external_ip",
+    "use_external_ip",
+    "role",
+    "status",
+    "labels",
+    "taints",
     "node_vars",
 )
 
@@ -236,7 +288,11 @@ def load_credential(cluster: Cluster) -> SSHCredential | None:
         return None
     if Cluster.ssh_credential.is_cached(cluster):
         return cluster.ssh_credential
-    return SSHCredential.objects.only("id", "name", "username", "port", "become").filter(pk=cluster.ssh_credential_id).first()
+    return (
+        SSHCredential.objects.only("id", "name", "username", "port", "become")
+        .filter(pk=cluster.ssh_credential_id)
+        .first()
+    )
 
 
 def extra_config(node: Node, cluster: Cluster) -> dict[str, Any]:
@@ -311,7 +367,9 @@ class VariableRenderer:
         return {"rke2_token": Secret(reveal(cluster.token))}
 
 
-def ordered_subset(snapshot_nodes: Sequence[Node], wanted: Iterable[Node | int], *, allowed: Iterable[Node], what: str) -> list[Node]:
+def ordered_subset(
+    snapshot_nodes: Sequence[Node], wanted: Iterable[Node | int], *, allowed: Iterable[Node], what: str
+) -> list[Node]:
     """The snapshot's own instances for ``wanted`` (nodes or primary keys), in inventory order.
 
     Raises ``ValueError`` naming the host when one of them is not in ``allowed``."""
@@ -322,7 +380,9 @@ def ordered_subset(snapshot_nodes: Sequence[Node], wanted: Iterable[Node | int],
         pk = item if isinstance(item, int) else item.pk
         if pk not in allowed_pks:
             name = by_pk[pk].hostname if pk in by_pk else (getattr(item, "hostname", None) or f"#{pk}")
-            raise ValueError(f"Node {name} cannot be in {what}: it is not a live node of this cluster with a suitable role.")
+            raise ValueError(
+                f"Node {name} cannot be in {what}: it is not a live node of this cluster with a suitable role."
+            )
         wanted_pks.append(pk)
     chosen = set(wanted_pks)
     return [node for node in snapshot_nodes if node.pk in chosen]

@@ -35,6 +35,11 @@ class SSHCredentialAdmin(ServiceErrorsMixin, admin.ModelAdmin):
             *([("History", {"fields": (("created_at", "updated_at"),)})] if obj is not None else []),
         ]
 
+    def get_form(self, request: HttpRequest, obj: SSHCredential | None = None, change: bool = False, **kwargs: Any) -> Any:
+        # Only the form's own model fields: the secret inputs are extra fields that never write the model directly.
+        kwargs["fields"] = SSHCredentialForm.Meta.fields
+        return super().get_form(request, obj, change, **kwargs)
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[SSHCredential]:
         return super().get_queryset(request).annotate(cluster_total=Count("clusters"))
 

@@ -211,6 +211,7 @@ class StageOrchestrator:
                 inventory=rendered.inventory,
                 extravars=extravars,
                 timeout=remaining,
+                job_timeout=self.timeout,
                 idle_timeout=self.idle_timeout,
                 fetch_kubeconfig=fetch_kubeconfig,
             )

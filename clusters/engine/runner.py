@@ -18,6 +18,7 @@ ansible-runner is told not to write environment files, not to keep output files 
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -98,6 +99,8 @@ class PlaybookRun:
     extravars: Mapping[str, Any]
     # Seconds the run may take (what is left of the job's timeout); None or 0: unlimited.
     timeout: float | None = None
+    # The job's whole timeout, for the explanation when it expires (default: ``timeout``).
+    job_timeout: float | None = None
     # Seconds without any output before the run is stopped; None or 0: unlimited.
     idle_timeout: float | None = None
     # The playbook writes a kubeconfig to the controller path given as ``rke2_kubeconfig_dest``.
@@ -310,6 +313,8 @@ class PlaybookRunner:
             runner_settings["job_timeout"] = max(1.0, float(spec.timeout))
         if spec.idle_timeout:
             runner_settings["idle_timeout"] = max(1.0, float(spec.idle_timeout))
+        # ansible-runner reads its settings from env/settings and ignores the ``settings`` argument without it.
+        write_private_file(private_dir / "env" / "settings", json.dumps(runner_settings))
 
         config = RunnerConfig(
             private_data_dir=str(private_dir),
@@ -343,7 +348,7 @@ class PlaybookRunner:
         elif status == "timeout":
             elapsed = time.monotonic() - state.started
             if spec.timeout and elapsed >= float(spec.timeout):
-                outcome.explanation = f"Timed out: the job may run for {_seconds(spec.timeout)} at most."
+                outcome.explanation = f"Timed out: the job may run for {_seconds(spec.job_timeout or spec.timeout)} at most."
             else:
                 outcome.explanation = f"Timed out: no output for {_seconds(spec.idle_timeout or 0)}."
         elif status == "failed":

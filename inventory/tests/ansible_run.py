@@ -25,7 +25,12 @@ def ansible_playbook_path() -> str:
 
 
 def run_playbook(
-    rendered: RenderedInventory, workdir: Path, playbook: str, extra: dict | None = None, *, inventory_text: str | None = None
+    rendered: RenderedInventory,
+    workdir: Path,
+    playbook: str,
+    extra: dict | None = None,
+    *,
+    inventory_text: str | None = None,
 ) -> subprocess.CompletedProcess:
     """Write the inventory and extravars files as the job engine does, then run ``playbook`` locally.
 
@@ -57,9 +62,20 @@ def run_playbook(
         "ANSIBLE_INVENTORY_UNPARSED_FAILED": "true",
     }
     return subprocess.run(
-        [ansible_playbook_path(), "-i", str(workdir / "inventory" / "hosts.json"), "-e", f"@{extravars}",
-         str(PLAYBOOKS_DIR / playbook)],
-        cwd=workdir, env=env, capture_output=True, text=True, timeout=600, check=False,
+        [
+            ansible_playbook_path(),
+            "-i",
+            str(workdir / "inventory" / "hosts.json"),
+            "-e",
+            f"@{extravars}",
+            str(PLAYBOOKS_DIR / playbook),
+        ],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
 
 
@@ -70,7 +86,9 @@ def render_configs_with_ansible(
     output = workdir / "out"
     output.mkdir(parents=True, exist_ok=True)
     result = run_playbook(
-        rendered, workdir, "render_configs.yml",
+        rendered,
+        workdir,
+        "render_configs.yml",
         {"render_templates_dir": str(templates_dir()), "render_output_dir": str(output)},
         inventory_text=inventory_text,
     )

@@ -14,11 +14,22 @@ from .ansible_run import render_configs_with_ansible
 
 pytestmark = pytest.mark.django_db
 
-SERVER_ONLY = {"cni", "cluster-cidr", "service-cidr", "cluster-dns", "cluster-domain", "tls-san", "write-kubeconfig-mode", "disable"}
+SERVER_ONLY = {
+    "cni",
+    "cluster-cidr",
+    "service-cidr",
+    "cluster-dns",
+    "cluster-domain",
+    "tls-san",
+    "write-kubeconfig-mode",
+    "disable",
+}
 
 
 def config(cluster: Cluster, hostname: str, *, reveal_secrets: bool = True) -> dict:
-    return yaml.safe_load(render_node_config(Node.objects.get(cluster=cluster, hostname=hostname), reveal_secrets=reveal_secrets))
+    return yaml.safe_load(
+        render_node_config(Node.objects.get(cluster=cluster, hostname=hostname), reveal_secrets=reveal_secrets)
+    )
 
 
 @pytest.fixture
@@ -27,12 +38,30 @@ def rich_cluster(make_cluster) -> Cluster:
         cluster_vars={"disable": ["rke2-ingress-nginx"], "kubelet-arg": ["max-pods=200"], "selinux": True},
         tls_san=["api.example.com"],
         nodes=[
-            {"hostname": "m1", "internal_ip": "10.0.0.1", "external_ip": "203.0.113.1", "role": "initial_master",
-             "labels": ["zone=a", "tier=cp"], "taints": ["CriticalAddonsOnly=true:NoExecute"]},
+            {
+                "hostname": "m1",
+                "internal_ip": "10.0.0.1",
+                "external_ip": "203.0.113.1",
+                "role": "initial_master",
+                "labels": ["zone=a", "tier=cp"],
+                "taints": ["CriticalAddonsOnly=true:NoExecute"],
+            },
             {"hostname": "m2", "internal_ip": "10.0.0.2", "role": "master"},
-            {"hostname": "m3", "internal_ip": "10.0.0.3", "role": "master", "node_vars": {"kubelet-arg": ["max-pods=50"]}},
-            {"hostname": "w1", "internal_ip": "10.0.1.1", "external_ip": "203.0.113.9", "role": "worker",
-             "labels": ["gpu=true"], "taints": ["gpu=true:NoSchedule"], "node_vars": {"snapshotter": "native"}},
+            {
+                "hostname": "m3",
+                "internal_ip": "10.0.0.3",
+                "role": "master",
+                "node_vars": {"kubelet-arg": ["max-pods=50"]},
+            },
+            {
+                "hostname": "w1",
+                "internal_ip": "10.0.1.1",
+                "external_ip": "203.0.113.9",
+                "role": "worker",
+                "labels": ["gpu=true"],
+                "taints": ["gpu=true:NoSchedule"],
+                "node_vars": {"snapshotter": "native"},
+            },
             {"hostname": "w2", "internal_ip": "10.0.1.2", "role": "worker"},
         ],
     )
@@ -95,7 +124,9 @@ def test_token_is_masked_unless_revealed(rich_cluster):
 
 def test_ipv6_registration_address_is_bracketed_in_server(make_cluster):
     cluster = make_cluster(
-        cluster_cidr="fd01::/48", service_cidr="fd02::/112", cluster_dns="fd02::a",
+        cluster_cidr="fd01::/48",
+        service_cidr="fd02::/112",
+        cluster_dns="fd02::a",
         nodes=[
             {"hostname": "m1", "internal_ip": "fd00::1", "role": "initial_master"},
             {"hostname": "w1", "internal_ip": "fd00::11", "role": "worker"},
@@ -105,7 +136,9 @@ def test_ipv6_registration_address_is_bracketed_in_server(make_cluster):
     assert config(cluster, "m1")["tls-san"] == ["fd00::1", "m1"]
 
 
-@pytest.mark.parametrize("value", ["v1.30", "on", "no", "0640", "1.30", "yes", "off", "null", "~", "1e3", "0x1F", "", "2024-01-01"])
+@pytest.mark.parametrize(
+    "value", ["v1.30", "on", "no", "0640", "1.30", "yes", "off", "null", "~", "1e3", "0x1F", "", "2024-01-01"]
+)
 def test_yaml_lookalike_strings_stay_strings(make_cluster, value):
     cluster = make_cluster(
         cluster_vars={"write-kubeconfig-mode": value, "kubelet-arg": [value]},
@@ -141,8 +174,14 @@ def test_templates_serialize_one_mapping_once():
         body = jinja_environment().parse(path.read_text()).body
         # One `set` of the mapping, then a single output: the mapping through to_nice_yaml. No literal text.
         assert [type(node).__name__ for node in body] == ["Assign", "Output"], path.name
-        items = [item for item in body[1].nodes if not (isinstance(item, jinja2.nodes.TemplateData) and not item.data.strip())]
-        assert len(items) == 1 and isinstance(items[0], jinja2.nodes.Filter) and items[0].name == "to_nice_yaml", path.name
+        items = [
+            item
+            for item in body[1].nodes
+            if not (isinstance(item, jinja2.nodes.TemplateData) and not item.data.strip())
+        ]
+        assert len(items) == 1 and isinstance(items[0], jinja2.nodes.Filter) and items[0].name == "to_nice_yaml", (
+            path.name
+        )
 
 
 @pytest.mark.slow
@@ -153,7 +192,9 @@ def test_preview_equals_what_ansible_writes_for_every_role(rich_cluster, tmp_pat
     assert set(written) == {"m1", "m2", "m3", "w1", "w2"}
     snapshot = ClusterSnapshot.load(rich_cluster)
     for node in snapshot.nodes:
-        assert render_node_config(node, reveal_secrets=True, snapshot=snapshot).encode() == written[node.hostname], node.hostname
+        assert render_node_config(node, reveal_secrets=True, snapshot=snapshot).encode() == written[node.hostname], (
+            node.hostname
+        )
 
 
 @pytest.mark.slow
@@ -161,7 +202,8 @@ def test_preview_equals_what_ansible_writes_for_tricky_values(make_cluster, tmp_
     lookalikes = ["v1.30", "on", "no", "0640", "1.30", "null", "", "2024-01-01"]
     cluster = make_cluster(
         registration_address="fd00::100",
-        cluster_cidr="10.42.0.0/16,fd01::/48", service_cidr="10.43.0.0/16,fd02::/112",
+        cluster_cidr="10.42.0.0/16,fd01::/48",
+        service_cidr="10.43.0.0/16,fd02::/112",
         tls_san=["ünï.example.com".encode("idna").decode(), "2001:db8::1"],
         cluster_vars={
             "write-kubeconfig-mode": "0640",
@@ -172,18 +214,35 @@ def test_preview_equals_what_ansible_writes_for_tricky_values(make_cluster, tmp_
             "resolv-conf": "ünïcødé ✓ \"quoted\" 'single' \\backslash\\ \ttab",
         },
         nodes=[
-            {"hostname": "m1", "internal_ip": "fd00::1", "role": "initial_master", "node_vars": {"profile": "on", "debug": True}},
-            {"hostname": "m2", "internal_ip": "fd00::2", "external_ip": "2001:db8::2", "role": "master",
-             "node_vars": {"kubelet-arg": lookalikes, "lb-server-port": 6444}},
-            {"hostname": "w1", "internal_ip": "fd00::11", "role": "worker", "labels": ["v=1.30", "on=no"],
-             "node_vars": {"kube-proxy-arg": lookalikes, "data-dir": "/var/lib/rancher/rke2 # not a comment"}},
+            {
+                "hostname": "m1",
+                "internal_ip": "fd00::1",
+                "role": "initial_master",
+                "node_vars": {"profile": "on", "debug": True},
+            },
+            {
+                "hostname": "m2",
+                "internal_ip": "fd00::2",
+                "external_ip": "2001:db8::2",
+                "role": "master",
+                "node_vars": {"kubelet-arg": lookalikes, "lb-server-port": 6444},
+            },
+            {
+                "hostname": "w1",
+                "internal_ip": "fd00::11",
+                "role": "worker",
+                "labels": ["v=1.30", "on=no"],
+                "node_vars": {"kube-proxy-arg": lookalikes, "data-dir": "/var/lib/rancher/rke2 # not a comment"},
+            },
         ],
     )
     rendered = InventoryRenderer.render_for_stage(cluster, "all")
     written = render_configs_with_ansible(rendered, tmp_path)
     snapshot = ClusterSnapshot.load(cluster)
     for node in snapshot.nodes:
-        assert render_node_config(node, reveal_secrets=True, snapshot=snapshot).encode() == written[node.hostname], node.hostname
+        assert render_node_config(node, reveal_secrets=True, snapshot=snapshot).encode() == written[node.hostname], (
+            node.hostname
+        )
     worker = yaml.safe_load(written["w1"])
     assert worker["kube-proxy-arg"] == lookalikes and worker["node-label"] == ["v=1.30", "on=no"]
     assert worker["data-dir"] == "/var/lib/rancher/rke2 # not a comment"

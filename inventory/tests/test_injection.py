@@ -148,23 +148,27 @@ def test_unvalidated_names_are_refused_when_writing_the_inventory(field):
         InventoryRenderer.render_for_stage(cluster, "all").inventory_text()
 
 
+def attack(marker_dir, name: str) -> str:
+    """Template text that would create ``marker_dir/name`` on the controller if Ansible rendered it."""
+    return "{{ lookup('pipe', 'touch " + f"{marker_dir}/{name}" + "') }}"
+
+
 def hostile_cluster(marker_dir) -> Cluster:
     """A cluster whose operator text tries to run a controller command through Ansible's templating."""
-
-    def attack(name: str) -> str:
-        return "{{ lookup('pipe', 'touch %s/%s') }}" % (marker_dir, name)
-
+    statement = "{% set x = lookup('pipe', 'touch " + f"{marker_dir}/statement" + "') %}"
     cluster = create(
-        cluster_vars={"kubelet-arg": [attack("cluster-vars")], "resolv-conf": "{%% set x = lookup('pipe', 'touch %s/statement') %%}" % marker_dir},
+        cluster_vars={"kubelet-arg": [attack(marker_dir, "cluster-vars")], "resolv-conf": statement},
         nodes=[
-            {**BASE_NODES[0], "node_vars": {"kube-proxy-arg": attack("node-vars")}},
+            {**BASE_NODES[0], "node_vars": {"kube-proxy-arg": attack(marker_dir, "node-vars")}},
             BASE_NODES[1],
         ],
     )
     # Labels and taints cannot hold such text through validation; write it around validation to prove the
     # inventory neutralizes it anyway.
     Node.objects.filter(cluster=cluster, hostname="w1").update(
-        labels=[attack("label")], taints=[attack("taint") + ":NoSchedule"], status=NodeStatus.ACTIVE
+        labels=[attack(marker_dir, "label")],
+        taints=[attack(marker_dir, "taint") + ":NoSchedule"],
+        status=NodeStatus.ACTIVE,
     )
     Node.objects.filter(cluster=cluster, hostname="m1").update(status=NodeStatus.ACTIVE)
     return cluster
@@ -179,11 +183,11 @@ def test_lookups_in_operator_text_never_run_in_ansible(tmp_path):
     written = render_configs_with_ansible(rendered, tmp_path / "run")
     assert list(markers.iterdir()) == []
     master, worker = yaml.safe_load(written["m1"]), yaml.safe_load(written["w1"])
-    assert master["kubelet-arg"] == ["{{ lookup('pipe', 'touch %s/cluster-vars') }}" % markers]
-    assert master["kube-proxy-arg"] == "{{ lookup('pipe', 'touch %s/node-vars') }}" % markers
+    assert master["kubelet-arg"] == [attack(markers, "cluster-vars")]
+    assert master["kube-proxy-arg"] == attack(markers, "node-vars")
     assert master["resolv-conf"].startswith("{% set x = lookup(")
-    assert worker["node-label"] == ["{{ lookup('pipe', 'touch %s/label') }}" % markers]
-    assert worker["node-taint"] == ["{{ lookup('pipe', 'touch %s/taint') }}:NoSchedule" % markers]
+    assert worker["node-label"] == [attack(markers, "label")]
+    assert worker["node-taint"] == [attack(markers, "taint") + ":NoSchedule"]
     snapshot = ClusterSnapshot.load(cluster)
     for node in snapshot.nodes:
         assert render_node_config(node, reveal_secrets=True, snapshot=snapshot).encode() == written[node.hostname]

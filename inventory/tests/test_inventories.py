@@ -9,7 +9,14 @@ from clusters.exceptions import InvalidState
 from clusters.fields import Secret, reveal
 from clusters.models import Cluster, Node
 from clusters.services.clusters import nodes_add
-from inventory.renderers import GROUPS, STAGES, ClusterSnapshot, InventoryRenderer, RenderedInventory, serialize_inventory
+from inventory.renderers import (
+    GROUPS,
+    STAGES,
+    ClusterSnapshot,
+    InventoryRenderer,
+    RenderedInventory,
+    serialize_inventory,
+)
 
 pytestmark = pytest.mark.django_db
 
@@ -131,7 +138,9 @@ def test_nodes_narrow_the_stage_group(make_cluster):
     w2 = Node.objects.get(cluster=cluster, hostname="w2")
     result = InventoryRenderer.render_for_stage(cluster, "workers", nodes=[w2])
     assert result.hosts("workers") == ["w2"] and result.hosts("rke2_agents") == ["w2"]
-    by_pk = InventoryRenderer.render_for_stage(cluster, "all", nodes=[w2.pk, Node.objects.get(cluster=cluster, hostname="m3").pk])
+    by_pk = InventoryRenderer.render_for_stage(
+        cluster, "all", nodes=[w2.pk, Node.objects.get(cluster=cluster, hostname="m3").pk]
+    )
     assert by_pk.hosts("workers") == ["w2"] and by_pk.hosts("joining_masters") == ["m3"]
     assert by_pk.hosts("initial_master") == []
 
@@ -239,7 +248,11 @@ def test_secrets_never_reach_the_inventory(make_cluster):
     token = reveal(cluster.token)
     inventory, secret_vars = result
     assert set(secret_vars) == {"rke2_token"} and isinstance(secret_vars["rke2_token"], Secret)
-    assert token not in json.dumps(inventory) and token not in result.inventory_text() and token not in result.preview_text()
+    assert (
+        token not in json.dumps(inventory)
+        and token not in result.inventory_text()
+        and token not in result.preview_text()
+    )
     assert json.loads(result.extravars_text({"rke2_start_timeout": 300})) == {
         "rke2_start_timeout": 300,
         "rke2_token": {"__ansible_unsafe": token},
@@ -256,8 +269,14 @@ def test_inventory_is_read_by_ansible_as_rendered(make_cluster, tmp_path):
 
     cluster = make_cluster(
         nodes=[
-            {"hostname": "m1", "internal_ip": "10.0.0.1", "external_ip": "203.0.113.1", "role": "initial_master",
-             "labels": ["zone=a"], "node_vars": {"kubelet-arg": ["max-pods=50"], "debug": True}},
+            {
+                "hostname": "m1",
+                "internal_ip": "10.0.0.1",
+                "external_ip": "203.0.113.1",
+                "role": "initial_master",
+                "labels": ["zone=a"],
+                "node_vars": {"kubelet-arg": ["max-pods=50"], "debug": True},
+            },
             {"hostname": "w1", "internal_ip": "10.0.1.1", "role": "worker", "taints": ["gpu=yes:NoSchedule"]},
         ],
         cluster_vars={"write-kubeconfig-mode": "0640"},
@@ -280,8 +299,14 @@ def test_inventory_is_read_by_ansible_as_rendered(make_cluster, tmp_path):
 def test_every_stage_of_a_thousand_nodes_takes_constant_queries(make_cluster, django_assert_num_queries):
     cluster = make_cluster(nodes=[{"hostname": "m1", "internal_ip": "10.0.0.1", "role": "initial_master"}])
     Node.objects.bulk_create(
-        Node(cluster=cluster, hostname=f"n{index}", internal_ip=f"10.1.{index // 250}.{index % 250 + 1}",
-             role="master" if index < 2 else "worker", labels=["tier=app"], node_vars={"kubelet-arg": ["max-pods=90"]})
+        Node(
+            cluster=cluster,
+            hostname=f"n{index}",
+            internal_ip=f"10.1.{index // 250}.{index % 250 + 1}",
+            role="master" if index < 2 else "worker",
+            labels=["tier=app"],
+            node_vars={"kubelet-arg": ["max-pods=90"]},
+        )
         for index in range(999)
     )
     all_active(cluster)

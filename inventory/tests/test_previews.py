@@ -58,7 +58,8 @@ def test_node_config_preview(make_cluster):
 def test_previews_take_constant_queries(make_cluster, django_assert_num_queries):
     cluster = make_cluster(nodes=[{"hostname": "m1", "internal_ip": "10.0.0.1", "role": "initial_master"}])
     Node.objects.bulk_create(
-        Node(cluster=cluster, hostname=f"n{index}", internal_ip=f"10.1.0.{index + 1}", role="worker") for index in range(200)
+        Node(cluster=cluster, hostname=f"n{index}", internal_ip=f"10.1.0.{index + 1}", role="worker")
+        for index in range(200)
     )
     with django_assert_num_queries(2):
         preview = cluster_previews(cluster)

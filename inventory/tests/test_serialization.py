@@ -9,9 +9,31 @@ from clusters.fields import Secret
 from inventory.serialization import display_yaml, load_ansible_data, serialize_extravars, serialize_inventory
 
 TRICKY_STRINGS = [
-    "v1.30", "1.30", "on", "off", "no", "yes", "0640", "0x1F", "1e3", "null", "~", "", "2024-01-01",
-    "a: b", "a #b", "- item", "*alias", "&anchor", "!!python/object/apply:os.system ['id']", "key=value other=1",
-    "{{ lookup('pipe', 'id') }}", "{% if true %}x{% endif %}", "{# c #}", "ünïcødé ✓", "trailing ",
+    "v1.30",
+    "1.30",
+    "on",
+    "off",
+    "no",
+    "yes",
+    "0640",
+    "0x1F",
+    "1e3",
+    "null",
+    "~",
+    "",
+    "2024-01-01",
+    "a: b",
+    "a #b",
+    "- item",
+    "*alias",
+    "&anchor",
+    "!!python/object/apply:os.system ['id']",
+    "key=value other=1",
+    "{{ lookup('pipe', 'id') }}",
+    "{% if true %}x{% endif %}",
+    "{# c #}",
+    "ünïcødé ✓",
+    "trailing ",
 ]
 
 
@@ -52,7 +74,9 @@ def test_types_other_than_strings_are_kept():
     assert json.loads(serialize_inventory({"a": ("x", 1)})) == {"a": [{"__ansible_unsafe": "x"}, 1]}
 
 
-@pytest.mark.parametrize("key", ["{{ x }}", "a b", "__ansible_unsafe", "__ansible_vault", "_private", "a:b", "a\nb", "", 1])
+@pytest.mark.parametrize(
+    "key", ["{{ x }}", "a b", "__ansible_unsafe", "__ansible_vault", "_private", "a:b", "a\nb", "", 1]
+)
 def test_keys_outside_the_safe_alphabet_are_refused(key):
     with pytest.raises(ValueError, match="not a valid name"):
         serialize_inventory({"all": {"hosts": {key: {}}}})
@@ -60,7 +84,9 @@ def test_keys_outside_the_safe_alphabet_are_refused(key):
         serialize_extravars({key: "x"})
 
 
-@pytest.mark.parametrize("key", ["m1", "node-1.example.com", "kubelet-arg+", "rke2_node_ip", "ansible_host", "10.0.0.1"])
+@pytest.mark.parametrize(
+    "key", ["m1", "node-1.example.com", "kubelet-arg+", "rke2_node_ip", "ansible_host", "10.0.0.1"]
+)
 def test_names_used_in_inventories_are_accepted(key):
     assert key in json.loads(serialize_inventory({key: 1}))
 

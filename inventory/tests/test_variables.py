@@ -25,9 +25,18 @@ def test_cluster_vars_have_the_contract_names(make_cluster):
     cluster = make_cluster()
     variables = VariableRenderer.render_cluster_vars(cluster)
     assert set(variables) == {
-        "rke2_cluster_name", "rke2_version", "rke2_registration_address", "rke2_server_url", "rke2_api_host",
-        "rke2_cni", "rke2_cluster_cidr", "rke2_service_cidr", "rke2_cluster_dns", "rke2_cluster_domain",
-        "rke2_tls_san", "rke2_token",
+        "rke2_cluster_name",
+        "rke2_version",
+        "rke2_registration_address",
+        "rke2_server_url",
+        "rke2_api_host",
+        "rke2_cni",
+        "rke2_cluster_cidr",
+        "rke2_service_cidr",
+        "rke2_cluster_dns",
+        "rke2_cluster_domain",
+        "rke2_tls_san",
+        "rke2_token",
     }
     assert variables["rke2_cluster_name"] == cluster.name
     assert variables["rke2_version"] == "v1.31.4+rke2r1"
@@ -51,7 +60,13 @@ def test_token_is_marked_secret_and_split_off(make_cluster):
 def test_registration_address_defaults_to_the_initial_masters_internal_ip(make_cluster):
     cluster = make_cluster(
         nodes=[
-            {"hostname": "m1", "internal_ip": "10.0.0.1", "external_ip": "203.0.113.1", "use_external_ip": True, "role": "initial_master"},
+            {
+                "hostname": "m1",
+                "internal_ip": "10.0.0.1",
+                "external_ip": "203.0.113.1",
+                "use_external_ip": True,
+                "role": "initial_master",
+            },
             {"hostname": "w1", "internal_ip": "10.0.1.1", "role": "worker"},
         ]
     )
@@ -74,7 +89,9 @@ def test_explicit_registration_address_and_ipv6_brackets(make_cluster):
     assert VariableRenderer.render_cluster_vars(cluster)["rke2_server_url"] == "https://rke2.example.com:9345"
     cluster = make_cluster(
         nodes=[{"hostname": "m1", "internal_ip": "fd00::1", "role": "initial_master"}],
-        cluster_cidr="fd01::/48", service_cidr="fd02::/112", cluster_dns="fd02::a",
+        cluster_cidr="fd01::/48",
+        service_cidr="fd02::/112",
+        cluster_dns="fd02::a",
     )
     variables = VariableRenderer.render_cluster_vars(cluster)
     assert variables["rke2_registration_address"] == "fd00::1"
@@ -101,8 +118,15 @@ def test_tls_san_lists_address_masters_and_extras_once_in_a_stable_order(make_cl
 def test_node_vars(make_cluster):
     cluster = make_cluster(
         nodes=[
-            {"hostname": "m1", "internal_ip": "10.0.0.1", "external_ip": "203.0.113.1", "use_external_ip": True,
-             "role": "initial_master", "labels": ["zone=a"], "taints": ["dedicated=cp:NoSchedule"]},
+            {
+                "hostname": "m1",
+                "internal_ip": "10.0.0.1",
+                "external_ip": "203.0.113.1",
+                "use_external_ip": True,
+                "role": "initial_master",
+                "labels": ["zone=a"],
+                "taints": ["dedicated=cp:NoSchedule"],
+            },
             {"hostname": "w1", "internal_ip": "10.0.1.1", "role": "worker"},
         ]
     )
@@ -139,16 +163,30 @@ def test_extra_config_precedence_defaults_then_cluster_then_node(make_cluster):
     cluster = make_cluster(
         cluster_vars={"write-kubeconfig-mode": "0640", "kubelet-arg": ["max-pods=200"], "debug": True},
         nodes=[
-            {"hostname": "m1", "internal_ip": "10.0.0.1", "role": "initial_master", "node_vars": {"kubelet-arg": ["max-pods=50"]}},
-            {"hostname": "w1", "internal_ip": "10.0.1.1", "role": "worker", "node_vars": {"debug": False, "snapshotter": "native"}},
+            {
+                "hostname": "m1",
+                "internal_ip": "10.0.0.1",
+                "role": "initial_master",
+                "node_vars": {"kubelet-arg": ["max-pods=50"]},
+            },
+            {
+                "hostname": "w1",
+                "internal_ip": "10.0.1.1",
+                "role": "worker",
+                "node_vars": {"debug": False, "snapshotter": "native"},
+            },
         ],
     )
     assert VariableRenderer.render_node_vars(node(cluster, "m1"))["rke2_extra_config"] == {
-        "write-kubeconfig-mode": "0640", "kubelet-arg": ["max-pods=50"], "debug": True,
+        "write-kubeconfig-mode": "0640",
+        "kubelet-arg": ["max-pods=50"],
+        "debug": True,
     }
     # Agents get no server-only keys (write-kubeconfig-mode) even from the cluster's extra config.
     assert VariableRenderer.render_node_vars(node(cluster, "w1"))["rke2_extra_config"] == {
-        "kubelet-arg": ["max-pods=200"], "debug": False, "snapshotter": "native",
+        "kubelet-arg": ["max-pods=200"],
+        "debug": False,
+        "snapshotter": "native",
     }
 
 
@@ -156,7 +194,13 @@ def test_managed_keys_never_come_from_extra_config(make_cluster):
     # Validation refuses these keys; rows written around it (older data, bulk updates) must not leak them either.
     cluster = make_cluster()
     cluster.__class__.objects.filter(pk=cluster.pk).update(
-        cluster_vars={"tls-san": ["x.example.com"], "cni": "cilium", "node-label+": ["a=b"], "server": "https://evil:9345", "selinux": True}
+        cluster_vars={
+            "tls-san": ["x.example.com"],
+            "cni": "cilium",
+            "node-label+": ["a=b"],
+            "server": "https://evil:9345",
+            "selinux": True,
+        }
     )
     cluster.refresh_from_db()
     extra = VariableRenderer.render_node_vars(node(cluster, "m2"))["rke2_extra_config"]
@@ -166,10 +210,22 @@ def test_managed_keys_never_come_from_extra_config(make_cluster):
 @pytest.mark.parametrize(
     ("key", "server_only"),
     [
-        ("cni", True), ("cluster-cidr", True), ("tls-san+", True), ("disable", True), ("etcd-snapshot-retention", True),
-        ("kube-apiserver-arg", True), ("write-kubeconfig-mode", True), ("system-default-registry", True),
-        ("kubelet-arg", False), ("kube-proxy-arg", False), ("node-ip", False), ("selinux", False), ("profile", False),
-        ("snapshotter", False), ("data-dir", False), ("private-registry", False),
+        ("cni", True),
+        ("cluster-cidr", True),
+        ("tls-san+", True),
+        ("disable", True),
+        ("etcd-snapshot-retention", True),
+        ("kube-apiserver-arg", True),
+        ("write-kubeconfig-mode", True),
+        ("system-default-registry", True),
+        ("kubelet-arg", False),
+        ("kube-proxy-arg", False),
+        ("node-ip", False),
+        ("selinux", False),
+        ("profile", False),
+        ("snapshotter", False),
+        ("data-dir", False),
+        ("private-registry", False),
     ],
 )
 def test_server_only_keys(key, server_only):

@@ -468,7 +468,10 @@ def test_ansible_service_module_drives_the_init_scripts(hosts, bundles, state, h
     runs = iter(range(100))
 
     def run(host, module, args):
-        return ansible_module(host_network, env, tmp_path / ("run%d" % next(runs)), host, module, args)
+        t = time.monotonic()
+        out = ansible_module(host_network, env, tmp_path / ("run%d" % next(runs)), host, module, args)
+        print("ANSIBLE", module, args, round(time.monotonic() - t, 2))
+        return out
 
     failed, facts = run(agent, "ansible.builtin.setup", "filter=ansible_service_mgr")
     state["service_mgr"] = facts["ansible_facts"]["ansible_service_mgr"]

@@ -33,10 +33,12 @@ Concurrency
 ===========
 
 Subnet indexes are claimed with files ``/run/lock/testhosts/net-<X>.json`` holding the owner's PID and its
-start time, created atomically under an ``flock``, round-robin over the range. A claim whose owner is gone is stale: the next allocation
-(or ``python -m tests.testhosts cleanup-stale``) tears its resources down and removes it. Indexes whose names
-or routes already exist on the machine are skipped. Everything a network creates carries its ``thn<X>``
-prefix, so teardown never touches anything else.
+start time, created atomically under an ``flock``, round-robin over the range (an index just released is not
+handed out again at once). A claim whose owner is gone is stale: the next allocation (or
+``python -m tests.testhosts cleanup-stale``) tears its resources down and removes it. Indexes whose names or
+routes already exist on the machine are skipped. Everything a network creates carries its ``thn<X>`` prefix,
+so teardown never touches anything else. Namespaces are identified by inode only while they are pinned (by
+their /run/netns bind mount or an open descriptor), because the kernel reuses the inodes of freed ones.
 
 Safety
 ======
