@@ -49,7 +49,8 @@ class StringListField(forms.CharField):
     def __init__(self, *, multiline: bool = False, **kwargs: Any) -> None:
         kwargs.setdefault("required", False)
         kwargs.setdefault(
-            "widget", forms.Textarea(attrs={"rows": 2, "cols": 40}) if multiline else forms.TextInput(attrs={"size": 24})
+            "widget",
+            forms.Textarea(attrs={"rows": 2, "cols": 40}) if multiline else forms.TextInput(attrs={"size": 24}),
         )
         super().__init__(**kwargs)
 
@@ -71,7 +72,9 @@ class StringListField(forms.CharField):
 
 
 def _json_widget(rows: int = 3, cols: int = 40) -> forms.Textarea:
-    return forms.Textarea(attrs={"rows": rows, "cols": cols, "class": "vLargeTextField rke2-json", "spellcheck": "false"})
+    return forms.Textarea(
+        attrs={"rows": rows, "cols": cols, "class": "vLargeTextField rke2-json", "spellcheck": "false"}
+    )
 
 
 # --- errors raised by services ------------------------------------------------------------------------------------
@@ -133,7 +136,8 @@ class ClusterForm(forms.ModelForm):
     """A cluster's settings. The join token and kubeconfig are never part of the form."""
 
     tls_san = StringListField(
-        label="TLS SANs", multiline=True,
+        label="TLS SANs",
+        multiline=True,
         help_text="Extra DNS names and addresses for the API server certificate, separated by commas or lines.",
     )
 
@@ -143,8 +147,18 @@ class ClusterForm(forms.ModelForm):
     class Meta:
         model = Cluster
         fields = (
-            "name", "description", "rke2_version", "ssh_credential", "registration_address", "cni", "cluster_cidr",
-            "service_cidr", "cluster_dns", "cluster_domain", "tls_san", "cluster_vars",
+            "name",
+            "description",
+            "rke2_version",
+            "ssh_credential",
+            "registration_address",
+            "cni",
+            "cluster_cidr",
+            "service_cidr",
+            "cluster_dns",
+            "cluster_domain",
+            "tls_san",
+            "cluster_vars",
         )
         widgets = {
             "description": forms.Textarea(attrs={"rows": 2, "cols": 60}),
@@ -203,7 +217,9 @@ class NodeInlineFormSet(forms.BaseInlineFormSet):
 
     def _is_live(self, form: forms.BaseForm) -> bool:
         return (
-            form.is_bound and hasattr(form, "cleaned_data") and not self._should_delete_form(form)
+            form.is_bound
+            and hasattr(form, "cleaned_data")
+            and not self._should_delete_form(form)
             and bool(form.instance.pk or form.has_changed())
         )
 
@@ -222,7 +238,8 @@ class NodeInlineFormSet(forms.BaseInlineFormSet):
         if any(self.errors):
             return
         installed = [
-            form.instance.hostname for form in self.forms
+            form.instance.hostname
+            for form in self.forms
             if form.instance.pk and self._should_delete_form(form) and form.instance.status != NodeStatus.PENDING
         ]
         if installed:
@@ -314,14 +331,17 @@ AddNodesFormSet = forms.formset_factory(NodeForm, formset=NodeFormSet, extra=3, 
 
 class AddNodesForm(forms.Form):
     start_job = forms.BooleanField(
-        label="Install the new nodes now", required=False, initial=True,
+        label="Install the new nodes now",
+        required=False,
+        initial=True,
         help_text="Start a scale-out job that joins the new (and any other pending) nodes to the cluster.",
     )
 
 
 class InstallForm(forms.Form):
     resume = forms.BooleanField(
-        label="Resume the failed install", required=False,
+        label="Resume the failed install",
+        required=False,
         help_text="Start at the stage where the last install failed instead of running every stage again.",
     )
 
@@ -329,7 +349,8 @@ class InstallForm(forms.Form):
 class RemoveNodesForm(forms.Form):
     hostnames = forms.MultipleChoiceField(widget=forms.MultipleHiddenInput)
     ungraceful = forms.BooleanField(
-        label="The hosts are gone", required=False,
+        label="The hosts are gone",
+        required=False,
         help_text="Skip draining and uninstalling on the hosts; only remove the nodes from the cluster.",
     )
 
@@ -340,16 +361,21 @@ class RemoveNodesForm(forms.Form):
 
 class UpgradeForm(forms.Form):
     target_version = forms.CharField(
-        label="Target RKE2 version", max_length=64, validators=[validators.validate_rke2_version],
+        label="Target RKE2 version",
+        max_length=64,
+        validators=[validators.validate_rke2_version],
         widget=forms.TextInput(attrs={"placeholder": "v1.32.1+rke2r1", "size": 24}),
     )
     allow_downgrade = forms.BooleanField(required=False, help_text="Allow a version older than the current one.")
     allow_minor_skip = forms.BooleanField(
-        label="Allow skipping a minor version", required=False,
+        label="Allow skipping a minor version",
+        required=False,
         help_text="Kubernetes supports upgrading one minor version at a time.",
     )
     workers_batch = forms.CharField(
-        label="Workers at a time", required=False, max_length=8,
+        label="Workers at a time",
+        required=False,
+        max_length=8,
         help_text="How many workers are upgraded together: a number or a percentage such as 25%. Empty: the default.",
     )
 
@@ -376,7 +402,9 @@ class UpgradeForm(forms.Form):
 
 class UninstallForm(forms.Form):
     confirm = forms.CharField(
-        label="Cluster name", max_length=63, widget=forms.TextInput(attrs={"autocomplete": "off", "size": 30}),
+        label="Cluster name",
+        max_length=63,
+        widget=forms.TextInput(attrs={"autocomplete": "off", "size": 30}),
         help_text="Type the cluster's name to confirm.",
     )
 
@@ -402,11 +430,14 @@ class SSHCredentialForm(forms.ModelForm):
     # Not model fields of the form (see Meta.fields, which must not list them): an empty input must not overwrite
     # the stored secret.
     private_key = forms.CharField(
-        required=False, strip=False, widget=SecretTextarea(),
+        required=False,
+        strip=False,
+        widget=SecretTextarea(),
         help_text="OpenSSH or PEM private key. It is stored encrypted and never shown again.",
     )
     passphrase = forms.CharField(
-        required=False, strip=False,
+        required=False,
+        strip=False,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="Passphrase of the private key, if it has one.",
     )
@@ -419,9 +450,10 @@ class SSHCredentialForm(forms.ModelForm):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.instance.pk:
-            self.fields["private_key"].help_text = (
-                "A key is stored. Leave empty to keep it; a new key replaces it (enter its passphrase too)."
-            )
+            self.fields["private_key"].label = "New private key"
+            self.fields[
+                "private_key"
+            ].help_text = "A key is stored. Leave empty to keep it; a new key replaces it (enter its passphrase too)."
         else:
             self.fields["private_key"].required = True
 
@@ -443,7 +475,9 @@ class SSHCredentialForm(forms.ModelForm):
     def service_data(self, *, only_changed: bool) -> dict[str, Any]:
         """The values as ``credential_create``/``credential_update`` take them; secrets only when a key was given."""
         data = {
-            field: self.cleaned_data[field] for field in self.Meta.fields if not only_changed or field in self.changed_data
+            field: self.cleaned_data[field]
+            for field in self.Meta.fields
+            if not only_changed or field in self.changed_data
         }
         if self.key_changed:
             data["private_key"] = self.cleaned_data["private_key"]

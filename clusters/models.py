@@ -76,16 +76,22 @@ class SSHCredential(models.Model):
 
     def clean(self) -> None:
         super().clean()
-        from .sshkeys import KeyError_, load_private_key, normalize_private_key
+        from .sshkeys import KeyError_, known_hosts_problems, load_private_key, normalize_private_key
 
+        errors: dict[str, list[str]] = {}
+        problems = known_hosts_problems(self.known_hosts or "")
+        if problems:
+            errors["known_hosts"] = problems
         key_text = reveal(self.private_key)
-        if key_text == "":
-            return  # the field itself reports that it is required
-        try:
-            self.public_key_fingerprint = load_private_key(key_text, reveal(self.passphrase))
-        except KeyError_ as exc:
-            raise ValidationError({exc.field: exc.message}) from None
-        self.private_key = normalize_private_key(key_text)
+        if key_text != "":  # when empty, the field itself reports that it is required
+            try:
+                self.public_key_fingerprint = load_private_key(key_text, reveal(self.passphrase))
+            except KeyError_ as exc:
+                errors.setdefault(exc.field, []).append(exc.message)
+            else:
+                self.private_key = normalize_private_key(key_text)
+        if errors:
+            raise ValidationError(errors)
 
 
 class Cluster(models.Model):

@@ -12,7 +12,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa, rsa
 
-__all__ = ["KeyError_", "load_private_key", "normalize_private_key"]
+__all__ = ["KeyError_", "known_hosts_problems", "load_private_key", "normalize_private_key"]
 
 MIN_RSA_BITS = 2048
 
@@ -129,3 +129,29 @@ def load_private_key(text: str, passphrase: str = "") -> str:
     blob = base64.b64decode(public.split()[1])
     digest = base64.b64encode(hashlib.sha256(blob).digest()).decode("ascii").rstrip("=")
     return f"SHA256:{digest}"
+
+
+_KNOWN_HOSTS_MARKERS = ("@cert-authority", "@revoked")
+
+
+def known_hosts_problems(text: str) -> list[str]:
+    """What is wrong with ``known_hosts`` text, line by line (empty when it is usable): each entry is
+    ``[marker] hosts key-type base64-key [comment]``."""
+    problems = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if fields[0] in _KNOWN_HOSTS_MARKERS:
+            fields = fields[1:]
+        if len(fields) < 3:
+            problems.append(f"Line {number}: expected 'host[,host...] key-type key', as ssh-keyscan prints it.")
+            continue
+        try:
+            blob = base64.b64decode(fields[2], validate=True)
+        except (binascii.Error, ValueError):
+            blob = b""
+        (length,) = struct.unpack(">I", blob[:4]) if len(blob) >= 4 else (0,)
+        if blob[4 : 4 + length].decode("ascii", "replace") != fields[1]:
+            problems.append(f"Line {number}: the {fields[1]!r} key is not valid base64 key data of that type.")
+    return problems

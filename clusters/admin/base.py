@@ -14,7 +14,13 @@ from django.utils.safestring import SafeString
 from ..exceptions import ApplicationError, JobConflict
 
 __all__ = [
-    "SERVICE_ERRORS", "ServiceErrorsMixin", "ServiceRejected", "badge", "error_text", "job_url", "message_service_error",
+    "SERVICE_ERRORS",
+    "ServiceErrorsMixin",
+    "ServiceRejected",
+    "badge",
+    "error_text",
+    "job_url",
+    "message_service_error",
 ]
 
 # What a service raises when it refuses a request; anything else is a bug and propagates.
@@ -22,11 +28,27 @@ SERVICE_ERRORS = (ApplicationError, ValidationError)
 
 # Status → colour class of the badges (see clusters/static/clusters/admin/portal.css).
 _TONES = {
-    "active": "ok", "successful": "ok", "complete": "ok",
-    "running": "busy", "installing": "busy", "upgrading": "busy", "scaling": "busy", "uninstalling": "busy",
-    "draining": "busy", "pending": "wait", "new": "wait", "not_started": "wait",
-    "initial_master": "busy", "joining_masters": "busy", "workers": "busy", "all": "busy",
-    "failed": "bad", "degraded": "warn", "canceled": "muted", "uninstalled": "muted", "removed": "muted",
+    "active": "ok",
+    "successful": "ok",
+    "complete": "ok",
+    "running": "busy",
+    "installing": "busy",
+    "upgrading": "busy",
+    "scaling": "busy",
+    "uninstalling": "busy",
+    "draining": "busy",
+    "pending": "wait",
+    "new": "wait",
+    "not_started": "wait",
+    "initial_master": "busy",
+    "joining_masters": "busy",
+    "workers": "busy",
+    "all": "busy",
+    "failed": "bad",
+    "degraded": "warn",
+    "canceled": "muted",
+    "uninstalled": "muted",
+    "removed": "muted",
 }
 
 
@@ -82,7 +104,11 @@ class ServiceErrorsMixin:
     """
 
     def changeform_view(
-        self, request: HttpRequest, object_id: str | None = None, form_url: str = "", extra_context: dict[str, Any] | None = None
+        self,
+        request: HttpRequest,
+        object_id: str | None = None,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
     ) -> Any:
         try:
             return super().changeform_view(request, object_id, form_url, extra_context)  # type: ignore[misc]

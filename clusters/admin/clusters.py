@@ -22,8 +22,15 @@ from ..choices import (
 from ..forms import ClusterForm, NodeInlineForm, NodeInlineFormSet, node_spec, service_error_dict
 from ..models import CRITICAL_FIELDS, Cluster, Job, Node
 from ..services.audit import audit_record
-from ..services.clusters import CLUSTER_FIELDS, cluster_create, cluster_delete, cluster_update, cluster_warnings
-from ..services.clusters import nodes_add, nodes_mark_for_removal
+from ..services.clusters import (
+    CLUSTER_FIELDS,
+    cluster_create,
+    cluster_delete,
+    cluster_update,
+    cluster_warnings,
+    nodes_add,
+    nodes_mark_for_removal,
+)
 from ..services.jobs import job_cancel, job_request
 from .base import SERVICE_ERRORS, ServiceErrorsMixin, ServiceRejected, badge, job_url, message_service_error
 from .operations import CANCEL_JOB, DOWNLOAD_KUBECONFIG, REQUEST_JOB, ClusterOperationsMixin
@@ -38,7 +45,17 @@ class NodeInline(admin.TabularInline):
     model = Node
     form = NodeInlineForm
     formset = NodeInlineFormSet
-    fields = ("hostname", "internal_ip", "external_ip", "use_external_ip", "role", "labels", "taints", "node_vars", "state")
+    fields = (
+        "hostname",
+        "internal_ip",
+        "external_ip",
+        "use_external_ip",
+        "role",
+        "labels",
+        "taints",
+        "node_vars",
+        "state",
+    )
     readonly_fields = ("state",)
     extra = 0
     verbose_name = "node"
@@ -84,7 +101,8 @@ _ROLE_COUNTS = {
 }
 _STATUS_COUNTS = {
     f"nodes_{status.value}": Count("cluster_nodes", filter=Q(cluster_nodes__status=status))
-    for status in NodeStatus if status != NodeStatus.REMOVED
+    for status in NodeStatus
+    if status != NodeStatus.REMOVED
 }
 
 
@@ -109,14 +127,33 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
     list_display = ("name", "rke2_version", "status_badge", "stage_badge", "node_roles", "node_statuses", "last_job")
     list_display_links = ("name",)
     list_filter = ("status", "installation_stage", ActiveJobFilter, "cni", "rke2_version", "ssh_credential")
-    search_fields = ("name", "description", "registration_address", "cluster_nodes__hostname", "cluster_nodes__internal_ip")
+    search_fields = (
+        "name",
+        "description",
+        "registration_address",
+        "cluster_nodes__hostname",
+        "cluster_nodes__internal_ip",
+    )
     list_select_related = ("ssh_credential",)
     list_per_page = 50
     actions = [
-        "action_preflight", "action_install", "action_resume_install", "action_add_nodes", "action_upgrade",
-        "action_uninstall", "action_cancel",
+        "action_preflight",
+        "action_install",
+        "action_resume_install",
+        "action_add_nodes",
+        "action_upgrade",
+        "action_uninstall",
+        "action_cancel",
     ]
-    readonly_fields = ("status_badge", "stage_badge", "bootstrapped_at", "token_state", "kubeconfig_state", "created_at", "updated_at")
+    readonly_fields = (
+        "status_badge",
+        "stage_badge",
+        "bootstrapped_at",
+        "token_state",
+        "kubeconfig_state",
+        "created_at",
+        "updated_at",
+    )
 
     # --- list ----------------------------------------------------------------------------------------------------
 
@@ -141,7 +178,8 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
     def node_roles(self, cluster: Cluster) -> str:
         short = {NodeRole.INITIAL_MASTER: "initial master", NodeRole.MASTER: "masters", NodeRole.WORKER: "workers"}
         parts = [
-            (getattr(cluster, f"nodes_{role.value}", 0), short[role]) for role in NodeRole
+            (getattr(cluster, f"nodes_{role.value}", 0), short[role])
+            for role in NodeRole
             if getattr(cluster, f"nodes_{role.value}", 0)
         ]
         if not parts:
@@ -152,7 +190,8 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
     def node_statuses(self, cluster: Cluster) -> str:
         parts = [
             badge(status, f"{getattr(cluster, f'nodes_{status.value}', 0)} {status.label.lower()}")
-            for status in NodeStatus if status != NodeStatus.REMOVED and getattr(cluster, f"nodes_{status.value}", 0)
+            for status in NodeStatus
+            if status != NodeStatus.REMOVED and getattr(cluster, f"nodes_{status.value}", 0)
         ]
         return format_html_join(" ", "{}", ((part,) for part in parts)) if parts else "—"
 
@@ -160,28 +199,54 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
     def last_job(self, cluster: Cluster) -> str:
         if not getattr(cluster, "last_job_id", None):
             return "—"
-        kind = JobKind(cluster.last_job_kind).label if cluster.last_job_kind in JobKind.values else cluster.last_job_kind
+        kind = (
+            JobKind(cluster.last_job_kind).label if cluster.last_job_kind in JobKind.values else cluster.last_job_kind
+        )
         return format_html(
-            '<a href="{}">{} #{}</a> {}', reverse("admin:clusters_job_change", args=[cluster.last_job_id]), kind,
-            cluster.last_job_id, badge(cluster.last_job_status),
+            '<a href="{}">{} #{}</a> {}',
+            reverse("admin:clusters_job_change", args=[cluster.last_job_id]),
+            kind,
+            cluster.last_job_id,
+            badge(cluster.last_job_status),
         )
 
     # --- cluster page --------------------------------------------------------------------------------------------
 
-    def get_fieldsets(self, request: HttpRequest, obj: Cluster | None = None) -> list[tuple[str | None, dict[str, Any]]]:
+    def get_fieldsets(
+        self, request: HttpRequest, obj: Cluster | None = None
+    ) -> list[tuple[str | None, dict[str, Any]]]:
         fieldsets: list[tuple[str | None, dict[str, Any]]] = [
             (None, {"fields": ("name", "description", "rke2_version", "ssh_credential")}),
-            ("Network", {"fields": (
-                "registration_address", "cni", ("cluster_cidr", "service_cidr"), ("cluster_dns", "cluster_domain"),
-                "tls_san",
-            )}),
+            (
+                "Network",
+                {
+                    "fields": (
+                        "registration_address",
+                        "cni",
+                        ("cluster_cidr", "service_cidr"),
+                        ("cluster_dns", "cluster_domain"),
+                        "tls_san",
+                    )
+                },
+            ),
             ("Extra RKE2 configuration", {"fields": ("cluster_vars",), "classes": ("collapse",)}),
         ]
         if obj is not None:
-            fieldsets.insert(1, ("State", {"fields": (
-                ("status_badge", "stage_badge"), "bootstrapped_at", "token_state", "kubeconfig_state",
-                ("created_at", "updated_at"),
-            )}))
+            fieldsets.insert(
+                1,
+                (
+                    "State",
+                    {
+                        "fields": (
+                            ("status_badge", "stage_badge"),
+                            "bootstrapped_at",
+                            "token_state",
+                            "kubeconfig_state",
+                            ("created_at", "updated_at"),
+                        )
+                    },
+                ),
+            )
         return fieldsets
 
     def get_readonly_fields(self, request: HttpRequest, obj: Cluster | None = None) -> tuple[str, ...]:
@@ -248,22 +313,33 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
                 with transaction.atomic():
                     node_form.save()
             except IntegrityError as exc:
-                raise ValidationError({"nodes": ["A node conflicts with another node of this cluster; reload and retry."]}) from exc
+                raise ValidationError(
+                    {"nodes": ["A node conflicts with another node of this cluster; reload and retry."]}
+                ) from exc
             changed.append((node_form.instance, node_form.changed_data))
         if changed:
             audit_record(
-                action="nodes.update", actor=request.user, cluster=cluster,
+                action="nodes.update",
+                actor=request.user,
+                cluster=cluster,
                 detail={"hostnames": [node.hostname for node, _ in changed]},
             )
         new_forms = formset.new_forms()
-        added = nodes_add(cluster=cluster, nodes=[node_spec(f) for f in new_forms], actor=request.user) if new_forms else []
+        added = (
+            nodes_add(cluster=cluster, nodes=[node_spec(f) for f in new_forms], actor=request.user) if new_forms else []
+        )
         formset.new_objects = added
         formset.changed_objects = changed
         formset.deleted_objects = deleted
 
     def render_change_form(
-        self, request: HttpRequest, context: dict[str, Any], add: bool = False, change: bool = False,
-        form_url: str = "", obj: Cluster | None = None,
+        self,
+        request: HttpRequest,
+        context: dict[str, Any],
+        add: bool = False,
+        change: bool = False,
+        form_url: str = "",
+        obj: Cluster | None = None,
     ) -> HttpResponse:
         if obj is not None and obj.pk:
             context.update(self._cluster_page_context(request, obj))
@@ -310,7 +386,9 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
 
     # --- deletion ------------------------------------------------------------------------------------------------
 
-    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[Any], dict[str, int], set[str], list[Any]]:
         # A summary instead of every related row: a cluster's jobs can hold hundreds of thousands of events.
         clusters = list(objs)
         ids = [cluster.pk for cluster in clusters]
@@ -325,7 +403,9 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
     def delete_model(self, request: HttpRequest, obj: Cluster) -> None:
         cluster_delete(cluster=obj, actor=request.user)
 
-    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         try:
             return super().delete_view(request, object_id, extra_context)
         except SERVICE_ERRORS as exc:
@@ -340,7 +420,9 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
     def has_cancel_job_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perm(CANCEL_JOB)
 
-    def _request_jobs(self, request: HttpRequest, queryset: QuerySet[Cluster], kind: str, params: dict[str, Any]) -> None:
+    def _request_jobs(
+        self, request: HttpRequest, queryset: QuerySet[Cluster], kind: str, params: dict[str, Any]
+    ) -> None:
         for cluster in queryset:
             try:
                 job = job_request(cluster=cluster, kind=kind, params=dict(params), actor=request.user)
@@ -349,7 +431,13 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
             else:
                 messages.success(
                     request,
-                    format_html('{}: <a href="{}">{} #{}</a> requested.', cluster.name, job_url(job), job.get_kind_display(), job.pk),
+                    format_html(
+                        '{}: <a href="{}">{} #{}</a> requested.',
+                        cluster.name,
+                        job_url(job),
+                        job.get_kind_display(),
+                        job.pk,
+                    ),
                 )
 
     @admin.action(description="Run preflight checks", permissions=["request_job"])
@@ -375,11 +463,15 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
             except SERVICE_ERRORS as exc:
                 message_service_error(request, exc, subject=job.cluster.name)
             else:
-                messages.success(request, f"{job.cluster.name}: cancel of {job.get_kind_display()} #{job.pk} requested.")
+                messages.success(
+                    request, f"{job.cluster.name}: cancel of {job.get_kind_display()} #{job.pk} requested."
+                )
         if not found:
             messages.warning(request, "None of the selected clusters has an active job.")
 
-    def _one_cluster_page(self, request: HttpRequest, queryset: QuerySet[Cluster], url_name: str) -> HttpResponse | None:
+    def _one_cluster_page(
+        self, request: HttpRequest, queryset: QuerySet[Cluster], url_name: str
+    ) -> HttpResponse | None:
         clusters = list(queryset[:2])
         if len(clusters) != 1:
             messages.warning(request, "Select exactly one cluster for this operation.")
@@ -397,4 +489,3 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
     @admin.action(description="Uninstall…", permissions=["request_job"])
     def action_uninstall(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> HttpResponse | None:
         return self._one_cluster_page(request, queryset, "uninstall")
-

@@ -24,7 +24,9 @@ class SSHCredentialAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     search_fields = ("name", "username", "public_key_fingerprint")
     readonly_fields = ("public_key_fingerprint", "key_state", "created_at", "updated_at")
 
-    def get_fieldsets(self, request: HttpRequest, obj: SSHCredential | None = None) -> list[tuple[str | None, dict[str, Any]]]:
+    def get_fieldsets(
+        self, request: HttpRequest, obj: SSHCredential | None = None
+    ) -> list[tuple[str | None, dict[str, Any]]]:
         key_fields: tuple[str, ...] = ("private_key", "passphrase")
         if obj is not None:
             key_fields = ("key_state", "public_key_fingerprint", *key_fields)
@@ -35,7 +37,9 @@ class SSHCredentialAdmin(ServiceErrorsMixin, admin.ModelAdmin):
             *([("History", {"fields": (("created_at", "updated_at"),)})] if obj is not None else []),
         ]
 
-    def get_form(self, request: HttpRequest, obj: SSHCredential | None = None, change: bool = False, **kwargs: Any) -> Any:
+    def get_form(
+        self, request: HttpRequest, obj: SSHCredential | None = None, change: bool = False, **kwargs: Any
+    ) -> Any:
         # Only the form's own model fields: the secret inputs are extra fields that never write the model directly.
         kwargs["fields"] = SSHCredentialForm.Meta.fields
         return super().get_form(request, obj, change, **kwargs)
@@ -52,7 +56,7 @@ class SSHCredentialAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     def cluster_count(self, credential: SSHCredential) -> int:
         return getattr(credential, "cluster_total", 0)
 
-    @admin.display(description="private key")
+    @admin.display(description="stored key")
     def key_state(self, credential: SSHCredential) -> str:
         state = "Stored encrypted; never shown."
         if credential.passphrase:
@@ -75,7 +79,9 @@ class SSHCredentialAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     def delete_model(self, request: HttpRequest, obj: SSHCredential) -> None:
         credential_delete(credential=obj, actor=request.user)
 
-    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         try:
             return super().delete_view(request, object_id, extra_context)
         except SERVICE_ERRORS as exc:

@@ -74,17 +74,43 @@ class JobAdmin(admin.ModelAdmin):
         (None, {"fields": (("cluster_link", "kind"), "stages_display", "params")}),
         ("Timing", {"fields": (("requested_by", "created_at"), ("started_at", "finished_at"), "duration")}),
         ("Outcome", {"fields": ("explanation", "rc", "emitted_events", "result", "resume_of")}),
-        ("Cancel", {"fields": (("cancel_requested", "cancel_requested_by", "cancel_requested_at"),), "classes": ("collapse",)}),
-        ("Worker", {
-            "fields": ("celery_task_id", ("worker_hostname", "worker_pid", "ansible_pid"), "heartbeat_at"),
-            "classes": ("collapse",),
-        }),
+        (
+            "Cancel",
+            {"fields": (("cancel_requested", "cancel_requested_by", "cancel_requested_at"),), "classes": ("collapse",)},
+        ),
+        (
+            "Worker",
+            {
+                "fields": ("celery_task_id", ("worker_hostname", "worker_pid", "ansible_pid"), "heartbeat_at"),
+                "classes": ("collapse",),
+            },
+        ),
     )
     readonly_fields = (
-        "cluster_link", "kind", "status_badge", "stage", "stages_display", "params", "requested_by", "created_at",
-        "started_at", "finished_at", "duration", "explanation", "rc", "emitted_events", "result", "resume_of",
-        "cancel_requested", "cancel_requested_by", "cancel_requested_at", "celery_task_id", "worker_hostname",
-        "worker_pid", "ansible_pid", "heartbeat_at",
+        "cluster_link",
+        "kind",
+        "status_badge",
+        "stage",
+        "stages_display",
+        "params",
+        "requested_by",
+        "created_at",
+        "started_at",
+        "finished_at",
+        "duration",
+        "explanation",
+        "rc",
+        "emitted_events",
+        "result",
+        "resume_of",
+        "cancel_requested",
+        "cancel_requested_by",
+        "cancel_requested_at",
+        "celery_task_id",
+        "worker_hostname",
+        "worker_pid",
+        "ansible_pid",
+        "heartbeat_at",
     )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -115,7 +141,9 @@ class JobAdmin(admin.ModelAdmin):
 
     @admin.display(description="cluster", ordering="cluster__name")
     def cluster_link(self, job: Job) -> str:
-        return format_html('<a href="{}">{}</a>', reverse("admin:clusters_cluster_change", args=[job.cluster_id]), job.cluster)
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:clusters_cluster_change", args=[job.cluster_id]), job.cluster
+        )
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, job: Job) -> str:
@@ -137,18 +165,22 @@ class JobAdmin(admin.ModelAdmin):
     def duration(self, job: Job) -> str:
         return _duration(job)
 
-    def change_view(self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None) -> HttpResponse:
+    def change_view(
+        self, request: HttpRequest, object_id: str, form_url: str = "", extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
         job = self.get_object(request, object_id)
         context = dict(extra_context or {})
         if job is not None:
-            context.update({
-                "subtitle": f"{job.get_kind_display()} #{job.pk} · {job.cluster.name}",
-                "job": job,
-                "log_config": job_log_config(job),
-                "host_summaries": list(job.host_summaries.order_by("host_name")),
-                "can_cancel": job.is_active and self.has_cancel_job_permission(request),
-                "duration_display": _duration(job),
-            })
+            context.update(
+                {
+                    "subtitle": f"{job.get_kind_display()} #{job.pk} · {job.cluster.name}",
+                    "job": job,
+                    "log_config": job_log_config(job),
+                    "host_summaries": list(job.host_summaries.order_by("host_name")),
+                    "can_cancel": job.is_active and self.has_cancel_job_permission(request),
+                    "duration_display": _duration(job),
+                }
+            )
         return super().change_view(request, object_id, form_url, context)
 
     def cancel_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -192,8 +224,25 @@ class JobEventAdmin(admin.ModelAdmin):
     show_full_result_count = False
     list_per_page = 100
     fields = (
-        "job", "counter", "stage", "event", "host_name", "play", "role", "task", "task_action", "failed", "changed",
-        "stdout", "created", "ingested_at", "uuid", "parent_uuid", "start_line", "end_line", "event_data",
+        "job",
+        "counter",
+        "stage",
+        "event",
+        "host_name",
+        "play",
+        "role",
+        "task",
+        "task_action",
+        "failed",
+        "changed",
+        "stdout",
+        "created",
+        "ingested_at",
+        "uuid",
+        "parent_uuid",
+        "start_line",
+        "end_line",
+        "event_data",
     )
     readonly_fields = fields
 

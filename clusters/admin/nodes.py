@@ -20,15 +20,38 @@ __all__ = ["NodeAdmin"]
 
 @admin.register(Node)
 class NodeAdmin(admin.ModelAdmin):
-    list_display = ("hostname", "cluster_link", "role", "status_badge", "internal_ip", "external_ip", "installed_version", "last_job")
+    list_display = (
+        "hostname",
+        "cluster_link",
+        "role",
+        "status_badge",
+        "internal_ip",
+        "external_ip",
+        "installed_version",
+        "last_job",
+    )
     list_filter = ("status", "role", ("cluster", admin.RelatedOnlyFieldListFilter))
     search_fields = ("hostname", "internal_ip", "external_ip", "cluster__name")
     list_select_related = ("cluster", "last_job")
     actions = ["action_remove"]
     fields = (
-        "cluster_link", "hostname", "role", "status_badge", "internal_ip", "external_ip", "use_external_ip", "labels",
-        "taints", "node_vars", "installed_version", "install_started_at", "install_finished_at", "last_job",
-        "last_error", "created_at", "updated_at",
+        "cluster_link",
+        "hostname",
+        "role",
+        "status_badge",
+        "internal_ip",
+        "external_ip",
+        "use_external_ip",
+        "labels",
+        "taints",
+        "node_vars",
+        "installed_version",
+        "install_started_at",
+        "install_finished_at",
+        "last_job",
+        "last_error",
+        "created_at",
+        "updated_at",
     )
     readonly_fields = fields
 
@@ -46,7 +69,9 @@ class NodeAdmin(admin.ModelAdmin):
 
     @admin.display(description="cluster", ordering="cluster__name")
     def cluster_link(self, node: Node) -> str:
-        return format_html('<a href="{}">{}</a>', reverse("admin:clusters_cluster_change", args=[node.cluster_id]), node.cluster)
+        return format_html(
+            '<a href="{}">{}</a>', reverse("admin:clusters_cluster_change", args=[node.cluster_id]), node.cluster
+        )
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, node: Node) -> str:

@@ -92,7 +92,8 @@ class ClusterOperationsMixin:
             ("kubeconfig", self.kubeconfig_view),
         ]
         custom = [
-            path(f"<path:object_id>/{slug}/", view(func), name=f"{name}_{slug.replace('-', '_')}") for slug, func in pages
+            path(f"<path:object_id>/{slug}/", view(func), name=f"{name}_{slug.replace('-', '_')}")
+            for slug, func in pages
         ]
         return custom + urls
 
@@ -110,7 +111,9 @@ class ClusterOperationsMixin:
     def _cluster_url(self, cluster: Cluster) -> str:
         return reverse("admin:clusters_cluster_change", args=[cluster.pk])
 
-    def _render(self, request: HttpRequest, template: str, cluster: Cluster, title: str, **context: Any) -> HttpResponse:
+    def _render(
+        self, request: HttpRequest, template: str, cluster: Cluster, title: str, **context: Any
+    ) -> HttpResponse:
         return TemplateResponse(
             request,
             template,
@@ -119,7 +122,6 @@ class ClusterOperationsMixin:
                 "opts": self.opts,
                 "cluster": cluster,
                 "title": title,
-                "subtitle": cluster.name,
                 "cluster_url": self._cluster_url(cluster),
                 **context,
             },
@@ -149,13 +151,17 @@ class ClusterOperationsMixin:
         if request.method != "POST":
             return HttpResponseNotAllowed(["POST"])
         cluster = self._cluster(request, object_id, REQUEST_JOB)
-        return self._request_job(request, cluster, JobKind.PREFLIGHT, {}) or HttpResponseRedirect(self._cluster_url(cluster))
+        return self._request_job(request, cluster, JobKind.PREFLIGHT, {}) or HttpResponseRedirect(
+            self._cluster_url(cluster)
+        )
 
     def install_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
         cluster = self._cluster(request, object_id, REQUEST_JOB)
         form = InstallForm(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
-            response = self._request_job(request, cluster, JobKind.INSTALL, {"resume": form.cleaned_data["resume"]}, form)
+            response = self._request_job(
+                request, cluster, JobKind.INSTALL, {"resume": form.cleaned_data["resume"]}, form
+            )
             if response is not None:
                 return response
         plans: dict[str, Any] = {}
@@ -167,8 +173,14 @@ class ClusterOperationsMixin:
         if "resume" not in plans:
             form.fields.pop("resume")
         return self._render(
-            request, "admin/clusters/cluster/install.html", cluster, "Install",
-            form=form, plans=plans, problems=cluster_install_problems(cluster), warnings=cluster_warnings(cluster),
+            request,
+            "admin/clusters/cluster/install.html",
+            cluster,
+            "Install",
+            form=form,
+            plans=plans,
+            problems=cluster_install_problems(cluster),
+            warnings=cluster_warnings(cluster),
             nodes=list(cluster.cluster_nodes.filter(status__in=LIVE_NODE_STATUSES).order_by("pk")),
         )
 
@@ -185,11 +197,18 @@ class ClusterOperationsMixin:
             if response is not None:
                 return response
         return self._render(
-            request, "admin/clusters/cluster/add_nodes.html", cluster, "Add nodes",
-            formset=formset, form=form, pending=pending,
+            request,
+            "admin/clusters/cluster/add_nodes.html",
+            cluster,
+            "Add nodes",
+            formset=formset,
+            form=form,
+            pending=pending,
         )
 
-    def _add_nodes(self, request: HttpRequest, cluster: Cluster, formset: Any, form: AddNodesForm) -> HttpResponse | None:
+    def _add_nodes(
+        self, request: HttpRequest, cluster: Cluster, formset: Any, form: AddNodesForm
+    ) -> HttpResponse | None:
         specs = [node_spec(node_form) for node_form in formset.filled_forms()]
         start_job = form.cleaned_data["start_job"] and cluster.is_bootstrapped
         if start_job and not request.user.has_perm(REQUEST_JOB):
@@ -227,11 +246,18 @@ class ClusterOperationsMixin:
         chosen = [name for name in source.getlist("hostnames") if name]
         if not chosen:
             return self._render(
-                request, "admin/clusters/cluster/remove_nodes_select.html", cluster, "Remove nodes", nodes=removable,
+                request,
+                "admin/clusters/cluster/remove_nodes_select.html",
+                cluster,
+                "Remove nodes",
+                nodes=removable,
                 draining=[node for node in nodes if node.status == NodeStatus.DRAINING],
             )
-        form = RemoveNodesForm(request.POST if request.method == "POST" else None, choices=[n.hostname for n in removable],
-                               initial={"hostnames": chosen})
+        form = RemoveNodesForm(
+            request.POST if request.method == "POST" else None,
+            choices=[n.hostname for n in removable],
+            initial={"hostnames": chosen},
+        )
         targets = [node for node in removable if node.hostname in chosen]
         unknown = sorted(set(chosen) - {node.hostname for node in targets})
         if request.method == "POST" and form.is_valid():
@@ -239,8 +265,14 @@ class ClusterOperationsMixin:
             if response is not None:
                 return response
         return self._render(
-            request, "admin/clusters/cluster/remove_nodes.html", cluster, "Remove nodes",
-            form=form, targets=targets, unknown=unknown, warnings=removal_warnings(cluster, targets, removable),
+            request,
+            "admin/clusters/cluster/remove_nodes.html",
+            cluster,
+            "Remove nodes",
+            form=form,
+            targets=targets,
+            unknown=unknown,
+            warnings=removal_warnings(cluster, targets, removable),
             needs_job=any(node.status != NodeStatus.PENDING for node in targets),
         )
 
@@ -248,7 +280,9 @@ class ClusterOperationsMixin:
         hostnames = form.cleaned_data["hostnames"]
         try:
             _, job = cluster_scale_in(
-                cluster=cluster, hostnames=hostnames, params={"ungraceful": form.cleaned_data["ungraceful"]},
+                cluster=cluster,
+                hostnames=hostnames,
+                params={"ungraceful": form.cleaned_data["ungraceful"]},
                 actor=request.user,
             )
         except SERVICE_ERRORS as exc:
@@ -269,7 +303,11 @@ class ClusterOperationsMixin:
             if response is not None:
                 return response
         return self._render(
-            request, "admin/clusters/cluster/upgrade.html", cluster, "Upgrade", form=form,
+            request,
+            "admin/clusters/cluster/upgrade.html",
+            cluster,
+            "Upgrade",
+            form=form,
             nodes=list(cluster.cluster_nodes.filter(status__in=LIVE_NODE_STATUSES).order_by("pk")),
         )
 
@@ -283,7 +321,11 @@ class ClusterOperationsMixin:
             if response is not None:
                 return response
         return self._render(
-            request, "admin/clusters/cluster/uninstall.html", cluster, "Uninstall", form=form,
+            request,
+            "admin/clusters/cluster/uninstall.html",
+            cluster,
+            "Uninstall",
+            form=form,
             nodes=list(cluster.cluster_nodes.exclude(status=NodeStatus.REMOVED).order_by("pk")),
         )
 
@@ -300,10 +342,17 @@ class ClusterOperationsMixin:
         except SERVICE_ERRORS as exc:
             message_service_error(request, exc)
         else:
-            messages.success(request, format_html(
-                '{} #{}: {}', job.get_kind_display(), job.pk,
-                "canceled." if not job.is_active else "cancel requested; the worker stops the playbook within seconds.",
-            ))
+            messages.success(
+                request,
+                format_html(
+                    "{} #{}: {}",
+                    job.get_kind_display(),
+                    job.pk,
+                    "canceled."
+                    if not job.is_active
+                    else "cancel requested; the worker stops the playbook within seconds.",
+                ),
+            )
         return HttpResponseRedirect(job_url(job))
 
     # --- previews and kubeconfig -----------------------------------------------------------------------------------
@@ -318,12 +367,21 @@ class ClusterOperationsMixin:
         stages = []
         if preview is not None:
             stages = [
-                {"name": name, "label": _stage_label(name), "inventory": text, "hosts": preview.stage_hosts.get(name, [])}
+                {
+                    "name": name,
+                    "label": _stage_label(name),
+                    "inventory": text,
+                    "hosts": preview.stage_hosts.get(name, []),
+                }
                 for name, text in preview.inventories.items()
             ]
         return self._render(
-            request, "admin/clusters/cluster/previews.html", cluster, "Inventories and node configs",
-            stages=stages, configs=sorted(preview.configs.items()) if preview is not None else [],
+            request,
+            "admin/clusters/cluster/previews.html",
+            cluster,
+            "Inventories and node configs",
+            stages=stages,
+            configs=sorted(preview.configs.items()) if preview is not None else [],
         )
 
     def kubeconfig_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
@@ -349,5 +407,3 @@ def _int(value: str) -> int:
         return int(value)
     except (TypeError, ValueError):
         raise Http404("No such cluster.") from None
-
-

@@ -3,8 +3,9 @@
 ansible-runner calls its ``event_handler`` synchronously while it reads the playbook's output, so the handler
 only appends to a queue (:meth:`EventWriter.put`). A writer thread with its own database connection turns the
 queued events into :class:`~clusters.models.JobEvent` rows (secrets masked, NULs removed) and inserts them with
-``bulk_create(ignore_conflicts=True)`` in batches, flushed when a batch is full or its oldest event has waited
-for the flush interval. ``(job, counter)`` is unique, so inserting a batch again never duplicates a row; when a
+``bulk_create(ignore_conflicts=True)`` in batches: a batch is written when it is full, or when the flush interval
+has passed since the previous write (so the first event after a quiet spell is written at once, and a busy
+playbook's events at most one flush interval late). ``(job, counter)`` is unique, so inserting a batch again never duplicates a row; when a
 batch insert fails, its rows are inserted one by one so that one bad event does not lose the others.
 """
 
@@ -174,6 +175,7 @@ class EventWriter:
     def _run(self) -> None:
         batch: list[JobEvent] = []
         deadline = 0.0
+        last_write = 0.0
         try:
             while True:
                 timeout = max(0.0, deadline - time.monotonic()) if batch else None
@@ -196,10 +198,13 @@ class EventWriter:
                         logger.exception("job %s: could not read event %s", self.job_id, getattr(item, "counter", "?"))
                         self.dropped += 1
                     if len(batch) == 1:
-                        deadline = time.monotonic() + self.flush_seconds
+                        # At most one write per flush interval: the first event after a quiet spell goes at
+                        # once (a live view sees it without delay), the ones that follow are batched.
+                        deadline = max(time.monotonic(), last_write + self.flush_seconds)
                 if batch and (len(batch) >= self.batch_size or time.monotonic() >= deadline):
                     self._write(batch)
                     batch = []
+                    last_write = time.monotonic()
         finally:
             connection.close()
 

@@ -45,38 +45,70 @@ def follow_messages(client: Any, response: Any) -> list[str]:
     return messages_of(client.get(response["Location"]))
 
 
-def cluster_post_data(cluster: Cluster | None = None, nodes: list[dict[str, Any]] | None = None, **fields: Any) -> dict[str, Any]:
+def cluster_post_data(
+    cluster: Cluster | None = None, nodes: list[dict[str, Any]] | None = None, **fields: Any
+) -> dict[str, Any]:
     """The POST of the cluster page: the cluster's fields and its node rows (existing rows first)."""
     data: dict[str, Any] = {
-        "name": "alpha", "description": "", "rke2_version": VERSION, "ssh_credential": "", "registration_address": "",
-        "cni": "canal", "cluster_cidr": "10.42.0.0/16", "service_cidr": "10.43.0.0/16", "cluster_dns": "10.43.0.10",
-        "cluster_domain": "cluster.local", "tls_san": "", "cluster_vars": "{}",
+        "name": "alpha",
+        "description": "",
+        "rke2_version": VERSION,
+        "ssh_credential": "",
+        "registration_address": "",
+        "cni": "canal",
+        "cluster_cidr": "10.42.0.0/16",
+        "service_cidr": "10.43.0.0/16",
+        "cluster_dns": "10.43.0.10",
+        "cluster_domain": "cluster.local",
+        "tls_san": "",
+        "cluster_vars": "{}",
     }
     if cluster is not None:
-        data.update({
-            "name": cluster.name, "description": cluster.description, "rke2_version": cluster.rke2_version,
-            "ssh_credential": cluster.ssh_credential_id or "", "registration_address": cluster.registration_address,
-            "cni": cluster.cni, "cluster_cidr": cluster.cluster_cidr, "service_cidr": cluster.service_cidr,
-            "cluster_dns": cluster.cluster_dns, "cluster_domain": cluster.cluster_domain,
-            "tls_san": ", ".join(cluster.tls_san), "cluster_vars": json.dumps(cluster.cluster_vars),
-        })
+        data.update(
+            {
+                "name": cluster.name,
+                "description": cluster.description,
+                "rke2_version": cluster.rke2_version,
+                "ssh_credential": cluster.ssh_credential_id or "",
+                "registration_address": cluster.registration_address,
+                "cni": cluster.cni,
+                "cluster_cidr": cluster.cluster_cidr,
+                "service_cidr": cluster.service_cidr,
+                "cluster_dns": cluster.cluster_dns,
+                "cluster_domain": cluster.cluster_domain,
+                "tls_san": ", ".join(cluster.tls_san),
+                "cluster_vars": json.dumps(cluster.cluster_vars),
+            }
+        )
     data.update(fields)
     existing = list(cluster.cluster_nodes.exclude(status=NodeStatus.REMOVED).order_by("pk")) if cluster else []
     rows: list[dict[str, Any]] = []
     for node in existing:
-        rows.append({
-            "id": node.pk, "cluster": cluster.pk, "hostname": node.hostname, "internal_ip": node.internal_ip,  # type: ignore[union-attr]
-            "external_ip": node.external_ip or "", "role": node.role, "labels": ", ".join(node.labels),
-            "taints": ", ".join(node.taints), "node_vars": json.dumps(node.node_vars),
-            **({"use_external_ip": "on"} if node.use_external_ip else {}),
-        })
+        rows.append(
+            {
+                "id": node.pk,
+                "cluster": cluster.pk,
+                "hostname": node.hostname,
+                "internal_ip": node.internal_ip,  # type: ignore[union-attr]
+                "external_ip": node.external_ip or "",
+                "role": node.role,
+                "labels": ", ".join(node.labels),
+                "taints": ", ".join(node.taints),
+                "node_vars": json.dumps(node.node_vars),
+                **({"use_external_ip": "on"} if node.use_external_ip else {}),
+            }
+        )
     for row in nodes or []:
         rows.append({"labels": "", "taints": "", "node_vars": "{}", "external_ip": "", **row})
     prefix = "cluster_nodes"
-    data.update({
-        f"{prefix}-TOTAL_FORMS": len(rows), f"{prefix}-INITIAL_FORMS": len(existing),
-        f"{prefix}-MIN_NUM_FORMS": 0, f"{prefix}-MAX_NUM_FORMS": 1000,
-    })
+    data.update(
+        {
+            f"{prefix}-TOTAL_FORMS": len(rows),
+            f"{prefix}-INITIAL_FORMS": len(existing),
+            f"{prefix}-MIN_NUM_FORMS": 0,
+            f"{prefix}-MAX_NUM_FORMS": 1000,
+        }
+    )
     for index, row in enumerate(rows):
         for key, value in row.items():
             if value is True:
@@ -93,7 +125,9 @@ def node_form_errors(response: Any, index: int) -> dict[str, list[str]]:
 
 def make_job(cluster: Cluster, *, kind: str = JobKind.INSTALL, status: str = JobStatus.RUNNING, **fields: Any) -> Job:
     """A job in the state a worker leaves it in."""
-    fields.setdefault("stages", ["initial_master", "joining_masters", "workers", "all"] if kind == JobKind.INSTALL else [kind])
+    fields.setdefault(
+        "stages", ["initial_master", "joining_masters", "workers", "all"] if kind == JobKind.INSTALL else [kind]
+    )
     return Job.objects.create(cluster=cluster, kind=kind, status=status, **fields)
 
 
@@ -136,14 +170,16 @@ def test_cluster_list_shows_versions_states_node_counts_and_last_job(admin_clien
     assert response.status_code == 200
     html = response.content.decode()
     assert VERSION in html
-    row = re.search(r'<tr[^>]*>(?:(?!</tr>).)*alpha(?:(?!</tr>).)*</tr>', html, re.S).group(0)  # type: ignore[union-attr]
+    row = re.search(r"<tr[^>]*>(?:(?!</tr>).)*alpha(?:(?!</tr>).)*</tr>", html, re.S).group(0)  # type: ignore[union-attr]
     assert ">1</span> initial master" in row and ">2</span> masters" in row and ">2</span> workers" in row
     assert "4 pending" in row and "1 failed" in row
     assert f"Install #{job.pk}" in row and 'data-status="failed"' in row
     assert reveal(cluster.token) not in html and reveal(other.token) not in html
 
 
-def test_cluster_list_query_count_does_not_grow_with_clusters(admin_client: Any, credential: SSHCredential, django_assert_num_queries: Any) -> None:
+def test_cluster_list_query_count_does_not_grow_with_clusters(
+    admin_client: Any, credential: SSHCredential, django_assert_num_queries: Any
+) -> None:
     url = reverse("admin:clusters_cluster_changelist")
     make_cluster("c0", servers=1, workers=1, subnet="10.9.0", ssh_credential=credential)
     # session, user, result count, total count, clusters with their counts and last job, the version and
@@ -180,10 +216,16 @@ def test_cluster_list_search_and_filters(admin_client: Any, cluster: Cluster) ->
 
 def test_add_cluster_with_nodes_goes_through_the_service(admin_client: Any, admin_user: Any) -> None:
     data = cluster_post_data(
-        name="gamma", tls_san="api.example.com, 10.5.0.5",
+        name="gamma",
+        tls_san="api.example.com, 10.5.0.5",
         nodes=[
             {"hostname": "g-1", "internal_ip": "10.5.0.11", "role": NodeRole.INITIAL_MASTER, "labels": "zone=a"},
-            {"hostname": "g-2", "internal_ip": "10.5.0.12", "role": NodeRole.WORKER, "taints": "dedicated=db:NoSchedule"},
+            {
+                "hostname": "g-2",
+                "internal_ip": "10.5.0.12",
+                "role": NodeRole.WORKER,
+                "taints": "dedicated=db:NoSchedule",
+            },
         ],
     )
     response = admin_client.post(reverse("admin:clusters_cluster_add"), data)
@@ -192,7 +234,8 @@ def test_add_cluster_with_nodes_goes_through_the_service(admin_client: Any, admi
     assert cluster.tls_san == ["api.example.com", "10.5.0.5"]
     nodes = list(cluster.cluster_nodes.order_by("hostname"))
     assert [(n.hostname, n.role, n.status) for n in nodes] == [
-        ("g-1", NodeRole.INITIAL_MASTER, NodeStatus.PENDING), ("g-2", NodeRole.WORKER, NodeStatus.PENDING),
+        ("g-1", NodeRole.INITIAL_MASTER, NodeStatus.PENDING),
+        ("g-2", NodeRole.WORKER, NodeStatus.PENDING),
     ]
     assert nodes[0].labels == ["zone=a"] and nodes[1].taints == ["dedicated=db:NoSchedule"]
     entry = AuditLog.objects.get(action="cluster.create")
@@ -248,14 +291,18 @@ def test_cluster_field_errors_from_the_model(admin_client: Any) -> None:
 
 def test_edit_cluster_and_add_and_remove_pending_nodes(admin_client: Any, cluster: Cluster, admin_user: Any) -> None:
     data = cluster_post_data(
-        cluster, description="edge sites", nodes=[{"hostname": "alpha-w3", "internal_ip": "10.0.0.103", "role": "worker"}]
+        cluster,
+        description="edge sites",
+        nodes=[{"hostname": "alpha-w3", "internal_ip": "10.0.0.103", "role": "worker"}],
     )
     w2 = cluster.cluster_nodes.get(hostname="alpha-w2")
     index = list(cluster.cluster_nodes.order_by("pk")).index(w2)
     data[f"cluster_nodes-{index}-DELETE"] = "on"
     data["cluster_nodes-0-labels"] = "tier=control"
     response = admin_client.post(change_url(cluster), data)
-    assert response.status_code == 302, response.context and [f.errors for f in response.context["inline_admin_formsets"][0].formset]
+    assert response.status_code == 302, response.context and [
+        f.errors for f in response.context["inline_admin_formsets"][0].formset
+    ]
     cluster.refresh_from_db()
     assert cluster.description == "edge sites"
     assert cluster.cluster_nodes.get(hostname="alpha-w3").status == NodeStatus.PENDING
@@ -287,7 +334,9 @@ def test_service_refusal_without_a_field_is_shown_on_the_form(admin_client: Any,
     assert not cluster.cluster_nodes.filter(hostname="alpha-w3").exists()
 
 
-def test_installed_cluster_freezes_version_critical_values_and_installed_nodes(admin_client: Any, installed: Cluster) -> None:
+def test_installed_cluster_freezes_version_critical_values_and_installed_nodes(
+    admin_client: Any, installed: Cluster
+) -> None:
     response = admin_client.get(change_url(installed))
     form = response.context["adminform"].form
     for field in ("rke2_version", "cni", "cluster_cidr", "service_cidr", "cluster_dns", "cluster_domain"):
@@ -307,7 +356,9 @@ def test_installed_cluster_freezes_version_critical_values_and_installed_nodes(a
 
 
 def test_even_number_of_servers_is_warned_about(admin_client: Any, credential: SSHCredential) -> None:
-    cluster = make_cluster("even", servers=2, subnet="10.3.0", registration_address="api.example.com", ssh_credential=credential)
+    cluster = make_cluster(
+        "even", servers=2, subnet="10.3.0", registration_address="api.example.com", ssh_credential=credential
+    )
     shown = messages_of(admin_client.get(change_url(cluster)))
     assert any("2 servers" in message and "odd number" in message for message in shown)
 
@@ -317,8 +368,12 @@ def test_token_and_kubeconfig_are_never_rendered(admin_client: Any, installed: C
     installed.kubeconfig = "apiVersion: v1\nkind: Config\nusers: [{name: admin, user: {token: sekrit-kube-token}}]\n"
     installed.save(update_fields=["kubeconfig"])
     token = reveal(installed.token)
-    for url in (change_url(installed), op_url(installed, "previews"), reverse("admin:clusters_cluster_changelist"),
-                reverse("admin:clusters_cluster_history", args=[installed.pk])):
+    for url in (
+        change_url(installed),
+        op_url(installed, "previews"),
+        reverse("admin:clusters_cluster_changelist"),
+        reverse("admin:clusters_cluster_history", args=[installed.pk]),
+    ):
         html = admin_client.get(url).content.decode()
         assert token not in html, url
         assert "sekrit-kube-token" not in html, url
@@ -337,14 +392,18 @@ def test_previews_show_each_stage_and_node_config(admin_client: Any, cluster: Cl
     assert reveal(cluster.token) not in html
 
 
-def test_kubeconfig_download_needs_the_permission_and_is_audited(admin_client: Any, user_with: Any, installed: Cluster, admin_user: Any) -> None:
+def test_kubeconfig_download_needs_the_permission_and_is_audited(
+    admin_client: Any, user_with: Any, installed: Cluster, admin_user: Any
+) -> None:
     installed.kubeconfig = "apiVersion: v1\nkind: Config\n"
     installed.save(update_fields=["kubeconfig"])
     response = admin_client.get(op_url(installed, "kubeconfig"))
     assert response.status_code == 200
     assert response["Content-Disposition"] == 'attachment; filename="alpha-kubeconfig.yaml"'
     assert response.content.decode() == "apiVersion: v1\nkind: Config\n"
-    assert AuditLog.objects.filter(action="cluster.kubeconfig.download", actor=admin_user, cluster=installed).count() == 1
+    assert (
+        AuditLog.objects.filter(action="cluster.kubeconfig.download", actor=admin_user, cluster=installed).count() == 1
+    )
     assert 'data-operation="kubeconfig"' in admin_client.get(change_url(installed)).content.decode()
 
     viewer = user_with("view_cluster", "view_node")
@@ -402,14 +461,17 @@ def test_preflight_from_the_page_and_conflicts_from_the_list(admin_client: Any, 
 def test_preflight_action_for_several_clusters(admin_client: Any, cluster: Cluster) -> None:
     other = make_cluster("beta", servers=1, subnet="10.1.0")  # no SSH credential
     response = admin_client.post(
-        reverse("admin:clusters_cluster_changelist"), {"action": "action_preflight", "_selected_action": [cluster.pk, other.pk]}
+        reverse("admin:clusters_cluster_changelist"),
+        {"action": "action_preflight", "_selected_action": [cluster.pk, other.pk]},
     )
     shown = follow_messages(admin_client, response)
     assert any(message.startswith("alpha:") and "requested" in message for message in shown)
     assert any(message.startswith("beta:") and "no SSH credential" in message for message in shown)
 
 
-def test_install_page_shows_the_plan_and_starts_the_install(admin_client: Any, cluster: Cluster, admin_user: Any) -> None:
+def test_install_page_shows_the_plan_and_starts_the_install(
+    admin_client: Any, cluster: Cluster, admin_user: Any
+) -> None:
     page = admin_client.get(op_url(cluster, "install"))
     html = page.content.decode()
     assert "initial_master → joining_masters → workers → all" in html
@@ -439,8 +501,12 @@ def test_install_refused_is_a_message(admin_client: Any) -> None:
 
 
 def _add_nodes_data(rows: list[dict[str, Any]], *, start_job: bool) -> dict[str, Any]:
-    data: dict[str, Any] = {"nodes-TOTAL_FORMS": len(rows), "nodes-INITIAL_FORMS": 0, "nodes-MIN_NUM_FORMS": 0,
-                            "nodes-MAX_NUM_FORMS": 100}
+    data: dict[str, Any] = {
+        "nodes-TOTAL_FORMS": len(rows),
+        "nodes-INITIAL_FORMS": 0,
+        "nodes-MIN_NUM_FORMS": 0,
+        "nodes-MAX_NUM_FORMS": 100,
+    }
     if start_job:
         data["start_job"] = "on"
     for index, row in enumerate(rows):
@@ -459,10 +525,13 @@ def test_add_nodes_to_an_installed_cluster_starts_a_scale_out(admin_client: Any,
 
 
 def test_add_nodes_errors_are_shown_on_their_rows(admin_client: Any, installed: Cluster) -> None:
-    data = _add_nodes_data([
-        {"hostname": "alpha-w3", "internal_ip": "10.0.0.103"},
-        {"hostname": "alpha-w4", "internal_ip": "10.0.0.101"},  # alpha-w1's address
-    ], start_job=True)
+    data = _add_nodes_data(
+        [
+            {"hostname": "alpha-w3", "internal_ip": "10.0.0.103"},
+            {"hostname": "alpha-w4", "internal_ip": "10.0.0.101"},  # alpha-w1's address
+        ],
+        start_job=True,
+    )
     response = admin_client.post(op_url(installed, "add_nodes"), data)
     assert response.status_code == 200
     formset = response.context["formset"]
@@ -470,7 +539,9 @@ def test_add_nodes_errors_are_shown_on_their_rows(admin_client: Any, installed: 
     assert formset.forms[1].errors == {"internal_ip": ["A node with this internal IP already exists in this cluster."]}
     assert not Job.objects.filter(cluster=installed).exists()
     assert not installed.cluster_nodes.filter(hostname="alpha-w3").exists()
-    bad = admin_client.post(op_url(installed, "add_nodes"), _add_nodes_data([{"hostname": "x", "internal_ip": "nope"}], start_job=True))
+    bad = admin_client.post(
+        op_url(installed, "add_nodes"), _add_nodes_data([{"hostname": "x", "internal_ip": "nope"}], start_job=True)
+    )
     assert "internal_ip" in bad.context["formset"].forms[0].errors
 
 
@@ -483,7 +554,13 @@ def test_add_nodes_before_install_only_adds_them(admin_client: Any, cluster: Clu
 
 def test_remove_nodes_confirmation_names_nodes_and_warns_about_quorum(admin_client: Any, installed: Cluster) -> None:
     select = admin_client.get(op_url(installed, "remove_nodes"))
-    assert [node.hostname for node in select.context["nodes"]] == ["alpha-s1", "alpha-s2", "alpha-s3", "alpha-w1", "alpha-w2"]
+    assert [node.hostname for node in select.context["nodes"]] == [
+        "alpha-s1",
+        "alpha-s2",
+        "alpha-s3",
+        "alpha-w1",
+        "alpha-w2",
+    ]
     page = admin_client.get(op_url(installed, "remove_nodes"), {"hostnames": ["alpha-s3"]})
     html = page.content.decode()
     assert 'data-hostname="alpha-s3"' in html
@@ -505,7 +582,9 @@ def test_remove_two_servers_is_refused(admin_client: Any, installed: Cluster) ->
 
 
 def test_remove_pending_node_needs_no_job(admin_client: Any, cluster: Cluster) -> None:
-    shown = follow_messages(admin_client, admin_client.post(op_url(cluster, "remove_nodes"), {"hostnames": ["alpha-w2"]}))
+    shown = follow_messages(
+        admin_client, admin_client.post(op_url(cluster, "remove_nodes"), {"hostnames": ["alpha-w2"]})
+    )
     assert any("never installed" in message for message in shown)
     assert cluster.cluster_nodes.get(hostname="alpha-w2").status == NodeStatus.REMOVED
     assert not Job.objects.filter(cluster=cluster).exists()
@@ -514,12 +593,14 @@ def test_remove_pending_node_needs_no_job(admin_client: Any, cluster: Cluster) -
 def test_remove_action_on_the_node_list(admin_client: Any, cluster: Cluster) -> None:
     nodes = list(cluster.cluster_nodes.filter(hostname__in=["alpha-w1", "alpha-w2"]))
     response = admin_client.post(
-        reverse("admin:clusters_node_changelist"), {"action": "action_remove", "_selected_action": [n.pk for n in nodes]}
+        reverse("admin:clusters_node_changelist"),
+        {"action": "action_remove", "_selected_action": [n.pk for n in nodes]},
     )
     assert response["Location"] == op_url(cluster, "remove_nodes") + "?hostnames=alpha-w1&hostnames=alpha-w2"
     other = make_cluster("beta", servers=1, subnet="10.1.0").cluster_nodes.get()
     response = admin_client.post(
-        reverse("admin:clusters_node_changelist"), {"action": "action_remove", "_selected_action": [nodes[0].pk, other.pk]}
+        reverse("admin:clusters_node_changelist"),
+        {"action": "action_remove", "_selected_action": [nodes[0].pk, other.pk]},
     )
     assert any("exactly one cluster" in message for message in follow_messages(admin_client, response))
 
@@ -529,11 +610,18 @@ def test_upgrade_form(admin_client: Any, installed: Cluster) -> None:
     assert "target_version" in bad.context["form"].errors
     older = admin_client.post(op_url(installed, "upgrade"), {"target_version": "v1.30.1+rke2r1"})
     assert "downgrades are refused" in str(older.context["form"].errors["target_version"])
-    response = admin_client.post(op_url(installed, "upgrade"), {"target_version": "v1.32.1+rke2r1", "workers_batch": "25%"})
+    response = admin_client.post(
+        op_url(installed, "upgrade"), {"target_version": "v1.32.1+rke2r1", "workers_batch": "25%"}
+    )
     job = Job.objects.get(cluster=installed)
     assert response["Location"] == reverse("admin:clusters_job_change", args=[job.pk])
     assert job.kind == JobKind.UPGRADE
-    assert job.params == {"target_version": "v1.32.1+rke2r1", "allow_downgrade": False, "allow_minor_skip": False, "workers_batch": "25%"}
+    assert job.params == {
+        "target_version": "v1.32.1+rke2r1",
+        "allow_downgrade": False,
+        "allow_minor_skip": False,
+        "workers_batch": "25%",
+    }
 
 
 def test_uninstall_needs_the_cluster_name_typed(admin_client: Any, installed: Cluster) -> None:
@@ -598,12 +686,15 @@ def test_operations_need_permissions(user_with: Any, installed: Cluster) -> None
 
 
 def test_job_page_is_read_only_and_configures_the_live_log(admin_client: Any, cluster: Cluster) -> None:
-    job = make_job(cluster, status=JobStatus.RUNNING, stage="joining_masters", stages_completed=1,
-                   started_at=timezone.now())
+    job = make_job(
+        cluster, status=JobStatus.RUNNING, stage="joining_masters", stages_completed=1, started_at=timezone.now()
+    )
     response = admin_client.get(reverse("admin:clusters_job_change", args=[job.pk]))
     assert response.status_code == 200
     html = response.content.decode()
-    config = json.loads(re.search(r'<script id="job-log-config" type="application/json">(.*?)</script>', html, re.S).group(1))  # type: ignore[union-attr]
+    config = json.loads(
+        re.search(r'<script id="job-log-config" type="application/json">(.*?)</script>', html, re.S).group(1)
+    )  # type: ignore[union-attr]
     assert config["eventsUrl"] == f"/api/jobs/{job.pk}/events/"
     assert config["stdoutUrl"].startswith(f"/api/jobs/{job.pk}/stdout/")
     assert config["maxLines"] == 2000 and config["pageSize"] == 500
@@ -617,7 +708,9 @@ def test_job_list_and_cancel_action(admin_client: Any, cluster: Cluster) -> None
     running = make_job(cluster, kind=JobKind.PREFLIGHT, status=JobStatus.RUNNING)
     response = admin_client.get(reverse("admin:clusters_job_changelist"), {"cluster__id__exact": cluster.pk})
     assert [job.pk for job in response.context["cl"].result_list] == [running.pk]
-    admin_client.post(reverse("admin:clusters_job_changelist"), {"action": "action_cancel", "_selected_action": [running.pk]})
+    admin_client.post(
+        reverse("admin:clusters_job_changelist"), {"action": "action_cancel", "_selected_action": [running.pk]}
+    )
     running.refresh_from_db()
     assert running.cancel_requested
 
@@ -628,9 +721,15 @@ def test_job_events_are_read_only(admin_client: Any, cluster: Cluster) -> None:
     assert admin_client.get(reverse("admin:clusters_jobevent_changelist")).status_code == 200
     page = admin_client.get(reverse("admin:clusters_jobevent_change", args=[event.pk]))
     assert page.status_code == 200 and 'name="_save"' not in page.content.decode()
-    assert admin_client.post(reverse("admin:clusters_jobevent_change", args=[event.pk]), {"stdout": "x"}).status_code == 403
+    assert (
+        admin_client.post(reverse("admin:clusters_jobevent_change", args=[event.pk]), {"stdout": "x"}).status_code
+        == 403
+    )
     assert admin_client.get(reverse("admin:clusters_jobevent_add")).status_code == 403
-    assert admin_client.post(reverse("admin:clusters_jobevent_delete", args=[event.pk]), {"post": "yes"}).status_code == 403
+    assert (
+        admin_client.post(reverse("admin:clusters_jobevent_delete", args=[event.pk]), {"post": "yes"}).status_code
+        == 403
+    )
     event.refresh_from_db()
     assert event.stdout == "ok"
 
@@ -645,13 +744,26 @@ def test_credential_secrets_are_write_only(admin_client: Any, admin_user: Any) -
     assert re.search(r'<input type="password" name="passphrase"', page)
     assert 'class="rke2-secret-input"' in page or "rke2-secret-input" in page
 
-    wrong = admin_client.post(add, {"name": "ops", "username": "root", "port": 22, "private_key": key, "passphrase": "nope", "known_hosts": ""})
+    wrong = admin_client.post(
+        add,
+        {"name": "ops", "username": "root", "port": 22, "private_key": key, "passphrase": "nope", "known_hosts": ""},
+    )
     assert wrong.status_code == 200
     assert "passphrase" in wrong.context["adminform"].form.errors
     html = wrong.content.decode()
     assert "PRIVATE KEY" not in html and "nope" not in html
 
-    response = admin_client.post(add, {"name": "ops", "username": "root", "port": 22, "private_key": key, "passphrase": "s3cret-phrase", "known_hosts": ""})
+    response = admin_client.post(
+        add,
+        {
+            "name": "ops",
+            "username": "root",
+            "port": 22,
+            "private_key": key,
+            "passphrase": "s3cret-phrase",
+            "known_hosts": "",
+        },
+    )
     assert response.status_code == 302
     credential = SSHCredential.objects.get(name="ops")
     assert reveal(credential.private_key).strip() == key.strip() and reveal(credential.passphrase) == "s3cret-phrase"
@@ -664,14 +776,28 @@ def test_credential_secrets_are_write_only(admin_client: Any, admin_user: Any) -
     assert credential.public_key_fingerprint in html
 
     # Leaving the key empty keeps it (and its passphrase).
-    response = admin_client.post(change, {"name": "ops", "username": "deploy", "port": 2222, "become": "on", "private_key": "", "passphrase": "", "known_hosts": ""})
+    response = admin_client.post(
+        change,
+        {
+            "name": "ops",
+            "username": "deploy",
+            "port": 2222,
+            "become": "on",
+            "private_key": "",
+            "passphrase": "",
+            "known_hosts": "",
+        },
+    )
     assert response.status_code == 302
     credential.refresh_from_db()
     assert credential.username == "deploy" and credential.port == 2222 and credential.become
     assert reveal(credential.private_key).strip() == key.strip() and reveal(credential.passphrase) == "s3cret-phrase"
     assert AuditLog.objects.get(action="credential.update").detail["fields"] == ["become", "port", "username"]
 
-    alone = admin_client.post(change, {"name": "ops", "username": "deploy", "port": 2222, "private_key": "", "passphrase": "x", "known_hosts": ""})
+    alone = admin_client.post(
+        change,
+        {"name": "ops", "username": "deploy", "port": 2222, "private_key": "", "passphrase": "x", "known_hosts": ""},
+    )
     assert "passphrase" in alone.context["adminform"].form.errors
 
 

@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 
 from clusters.fields import reveal
 from clusters.models import SSHCredential
-from clusters.sshkeys import KeyError_, load_private_key, normalize_private_key
+from clusters.sshkeys import KeyError_, known_hosts_problems, load_private_key, normalize_private_key
 
 from .factories import ssh_private_key
 
@@ -173,3 +173,23 @@ def test_credential_fields_are_validated():
     with pytest.raises(ValidationError) as info:
         blank.full_clean()
     assert list(info.value.message_dict) == ["private_key"]
+
+
+def test_known_hosts_lines_are_checked():
+    key = ed25519.Ed25519PrivateKey.generate().public_key()
+    line = key.public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH).decode()
+    good = f"# scanned\n10.0.0.11,node1 {line}\n@cert-authority *.example.com {line} ca\n\n"
+    assert known_hosts_problems(good) == []
+    problems = known_hosts_problems(f"10.0.0.11 {line}\nnode2 ssh-ed25519\nnode3 ssh-rsa {line.split()[1]}\n")
+    assert problems == [
+        "Line 2: expected 'host[,host...] key-type key', as ssh-keyscan prints it.",
+        "Line 3: the 'ssh-rsa' key is not valid base64 key data of that type.",
+    ]
+
+
+@pytest.mark.django_db
+def test_credential_reports_bad_known_hosts_with_the_key_error():
+    credential = SSHCredential(name="ops", private_key="garbage", known_hosts="just-a-host")
+    with pytest.raises(ValidationError) as info:
+        credential.full_clean()
+    assert set(info.value.message_dict) == {"private_key", "known_hosts"}

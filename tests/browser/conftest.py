@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from tests.worker import job_worker, worker_factory  # noqa: F401  (fixtures: real Celery worker processes)
+
 # Playwright's sync API runs an asyncio loop in the test's thread; Django's ORM refuses to run in a thread with a
 # running loop unless told that this is intended. The test code itself is synchronous.
 os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")

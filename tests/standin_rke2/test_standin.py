@@ -441,61 +441,84 @@ def test_upgrade_reports_new_version(hosts, bundles, state):
     assert json.loads(kubectl(state, "version", "-o", "json").stdout)["serverVersion"]["gitVersion"] == NEW
 
 
-def ansible_module(host_network, env, private_data_dir, host, module, args):  # noqa: F811
-    """Run one module against ``host`` over SSH with ansible-runner; return (failed, result)."""
+def run_playbook(host_network, env, private_data_dir, hosts, plays):  # noqa: F811
+    """Run ``plays`` (built as data, written as JSON - valid YAML) over SSH with ansible-runner.
+
+    Returns {(host, task name): (failed, result)} from the runner's events."""
     import ansible_runner
 
-    outcome = {}
+    project = private_data_dir / "project"
+    project.mkdir(parents=True)
+    (project / "check.yml").write_text(json.dumps(plays, indent=1))
+    results = {}
 
     def handler(event):
         if event.get("event") in ("runner_on_ok", "runner_on_failed", "runner_on_unreachable"):
-            outcome["res"] = event["event_data"]["res"]
-            outcome["failed"] = event["event"] != "runner_on_ok"
+            data = event["event_data"]
+            results[(data["host"], data["task"])] = (event["event"] != "runner_on_ok", data["res"])
         return True
 
-    private_data_dir.mkdir(parents=True)
     runner = ansible_runner.run(
-        private_data_dir=str(private_data_dir), inventory=host_network.inventory([host]), host_pattern=host.name,
-        module=module, module_args=args, envvars=env, event_handler=handler, quiet=True, timeout=120,
+        private_data_dir=str(private_data_dir), playbook="check.yml", inventory=host_network.inventory(hosts),
+        envvars=env, event_handler=handler, quiet=True, timeout=240,
     )
-    assert "res" in outcome, runner.stdout.read()
-    return outcome["failed"], outcome["res"]
+    assert results, runner.stdout.read()
+    return results
 
 
 def test_ansible_service_module_drives_the_init_scripts(hosts, bundles, state, host_network, tmp_path):  # noqa: F811
     agent, spare = hosts[3], hosts[2]
-    env = host_network.ansible_env(control_path_dir=tempfile.mkdtemp(prefix="cp-", dir=host_network.run_dir))
-    runs = iter(range(100))
-
-    def run(host, module, args):
-        t = time.monotonic()
-        out = ansible_module(host_network, env, tmp_path / ("run%d" % next(runs)), host, module, args)
-        print("ANSIBLE", module, args, round(time.monotonic() - t, 2))
-        return out
-
-    failed, facts = run(agent, "ansible.builtin.setup", "filter=ansible_service_mgr")
-    state["service_mgr"] = facts["ansible_facts"]["ansible_service_mgr"]
-    assert not failed and state["service_mgr"] != "systemd"
-
-    failed, res = run(agent, "ansible.builtin.service", "name=rke2-agent state=stopped")
-    assert not failed and res["changed"] is True
-    assert sh(agent, "service rke2-agent status", check=False).returncode == 3
-    begin = time.monotonic()
-    failed, res = run(agent, "ansible.builtin.service", "name=rke2-agent state=started enabled=true")
-    state["ansible_start_seconds"] = round(time.monotonic() - begin, 2)
-    assert not failed and res["changed"] is True, res
-    assert ready_status(state, agent.name) == "True"
-    failed, res = run(agent, "ansible.builtin.service", "name=rke2-agent state=started enabled=true")
-    assert not failed and res["changed"] is False
-    assert sh(agent, "ls /etc/rc2.d/S*rke2-agent /etc/rc0.d/K*rke2-agent", check=False).returncode == 0
-    failed, res = run(agent, "ansible.builtin.service", "name=rke2-agent state=restarted")
-    assert not failed and res["changed"] is True
-
-    # A start that fails (critical value mismatch on a joining server) is reported with the log tail.
     assert install(spare, bundles[NEW], NEW, "server").returncode == 0
+    # A joining server whose critical values differ from the cluster's exits before it is ready.
     write_config(spare, ["server: https://%s:9345" % hosts[0].ip, "token: %s" % state["node_token"],
                          "cluster-cidr: 10.99.0.0/16"])
-    failed, res = run(spare, "ansible.builtin.service", "name=rke2-server state=started")
+    status = {"ansible.builtin.command": "service rke2-agent status", "register": "st", "changed_when": False,
+              "failed_when": False}
+    plays = [
+        {
+            "name": "agent", "hosts": agent.name, "gather_facts": False, "tasks": [
+                {"name": "facts", "ansible.builtin.setup": {"filter": "ansible_service_mgr"}},
+                {"name": "stop", "ansible.builtin.service": {"name": "rke2-agent", "state": "stopped"}},
+                {"name": "status after stop", **status},
+                {"name": "start", "ansible.builtin.service": {"name": "rke2-agent", "state": "started",
+                                                              "enabled": True}},
+                {"name": "start again", "ansible.builtin.service": {"name": "rke2-agent", "state": "started",
+                                                                    "enabled": True}},
+                {"name": "restart", "ansible.builtin.service": {"name": "rke2-agent", "state": "restarted"}},
+                {"name": "status after restart", **status},
+            ],
+        },
+        {
+            "name": "failing server", "hosts": spare.name, "gather_facts": False, "tasks": [
+                {"name": "start failing", "ansible.builtin.service": {"name": "rke2-server", "state": "started"},
+                 "ignore_errors": True},
+            ],
+        },
+    ]
+    env = host_network.ansible_env(control_path_dir=tempfile.mkdtemp(prefix="cp-", dir=host_network.run_dir))
+    begin = time.monotonic()
+    results = run_playbook(host_network, env, tmp_path / "pdd", [agent, spare], plays)
+    state["ansible_playbook_seconds"] = round(time.monotonic() - begin, 2)
+
+    def task(host, name):
+        return results[(host.name, name)]
+
+    failed, facts = task(agent, "facts")
+    state["service_mgr"] = facts["ansible_facts"]["ansible_service_mgr"]
+    assert not failed and state["service_mgr"] != "systemd"
+    assert task(agent, "stop") == (False, task(agent, "stop")[1]) and task(agent, "stop")[1]["changed"] is True
+    assert task(agent, "status after stop")[1]["rc"] == 3
+    failed, res = task(agent, "start")
+    assert not failed and res["changed"] is True and res["enabled"] is True, res
+    failed, res = task(agent, "start again")
+    assert not failed and res["changed"] is False
+    failed, res = task(agent, "restart")
+    assert not failed and res["changed"] is True
+    assert task(agent, "status after restart")[1]["rc"] == 0
+    assert ready_status(state, agent.name) == "True"
+    assert sh(agent, "ls /etc/rc2.d/S*rke2-agent /etc/rc0.d/K*rke2-agent", check=False).returncode == 0
+
+    failed, res = task(spare, "start failing")
     assert failed
     assert "critical configuration value mismatch" in json.dumps(res)
     assert len(etcd_members(hosts[0])) == 2

@@ -99,13 +99,13 @@ KNOWN: dict[str, dict[str, list[Any]]] = {}
 
 
 @pytest.fixture
-def wsgi_app() -> Iterator[Any]:
-    """The project's WSGI application, inside the test's transaction: like Django's test client, it must not close
-    the database connection at the end of each request."""
+def keep_connection() -> Iterator[None]:
+    """Requests run inside the test's transaction: like Django's test client, the WSGI application must not close
+    the database connection when a request starts or ends."""
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
     try:
-        yield get_wsgi_application()
+        yield
     finally:
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)
@@ -131,14 +131,6 @@ def fuzz_data(make_cluster, private_key, operator) -> dict[str, Any]:
     return {"token": Token.objects.create(user=operator).key, "clusters": [installed, fresh], "credential": spare}
 
 
-@pytest.fixture
-def api_schema(wsgi_app: Any, fuzz_data: dict[str, Any]) -> Any:
-    return schemathesis.openapi.from_wsgi("/api/schema/", wsgi_app)
-
-
-schema = schemathesis.pytest.from_fixture("api_schema")
-
-
 def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> Any:
     path = context.operation.path
     resource = path.split("/")[2] if path.count("/") > 2 else ""
@@ -152,11 +144,14 @@ def flatmap_path_parameters(context: Any, path_parameters: dict[str, Any]) -> An
     return st.just(path_parameters)
 
 
+schema = schemathesis.openapi.from_wsgi("/api/schema/", get_wsgi_application())
+schema.hook(flatmap_path_parameters)
+
+
 @pytest.mark.slow
-@schema.hooks.apply(flatmap_path_parameters)
 @schema.parametrize()
 @hypothesis.settings(max_examples=15, deadline=None, suppress_health_check=list(hypothesis.HealthCheck), derandomize=True)
-def test_no_operation_fails_or_leaks(case, fuzz_data, secrets_of):
+def test_no_operation_fails_or_leaks(case, keep_connection, fuzz_data, secrets_of):
     """Every operation, with generated valid and invalid input, as an operator: never a 5xx, never a secret."""
     secrets = secrets_of(*fuzz_data["clusters"], fuzz_data["credential"], fuzz_data["clusters"][0].ssh_credential)
     response = case.call(headers={"Authorization": f"Token {fuzz_data['token']}"})
