@@ -5,6 +5,7 @@ baseline measured in the same run; ``python -m bench`` runs them all (``python -
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import shutil
 import tempfile
@@ -42,6 +43,7 @@ def best_time(
     on a busy machine; keep the default wall clock for anything that waits on other processes."""
     best = float("inf")
     for _ in range(repeat):
+        gc.collect()  # every run starts from the same collector state
         started = clock()
         function()
         best = min(best, clock() - started)

@@ -26,7 +26,9 @@ __all__ = [
     "rotate",
 ]
 
-_INVALID_KEY = "FIELD_ENCRYPTION_KEYS holds an invalid key (key {position}): each must be 32 url-safe base64-encoded bytes."
+_INVALID_KEY = (
+    "FIELD_ENCRYPTION_KEYS holds an invalid key (key {position}): each must be 32 url-safe base64-encoded bytes."
+)
 
 
 class DecryptionError(Exception):
@@ -79,9 +81,7 @@ def decrypt(ciphertext: str) -> str:
     try:
         return _fernet().decrypt(_token_bytes(ciphertext)).decode("utf-8")
     except (InvalidToken, UnicodeDecodeError) as exc:
-        raise DecryptionError(
-            "stored secret cannot be decrypted with the configured FIELD_ENCRYPTION_KEYS"
-        ) from exc
+        raise DecryptionError("stored secret cannot be decrypted with the configured FIELD_ENCRYPTION_KEYS") from exc
 
 
 def is_current(ciphertext: str) -> bool:
@@ -99,9 +99,7 @@ def rotate(ciphertext: str) -> str:
     try:
         return _fernet().rotate(_token_bytes(ciphertext)).decode("ascii")
     except InvalidToken as exc:
-        raise DecryptionError(
-            "stored secret cannot be decrypted with the configured FIELD_ENCRYPTION_KEYS"
-        ) from exc
+        raise DecryptionError("stored secret cannot be decrypted with the configured FIELD_ENCRYPTION_KEYS") from exc
 
 
 def generate_key() -> str:

@@ -91,19 +91,16 @@ def _messages(value: Any) -> list[str]:
     return [str(value)]
 
 
-def apply_service_errors(
-    form: forms.BaseForm, errors: Mapping[str, Any], *, field_map: Mapping[str, str] | None = None
-) -> dict[str, Any]:
+def apply_service_errors(form: forms.BaseForm, errors: Mapping[str, Any]) -> dict[str, Any]:
     """Attach a service's field-keyed errors to ``form``: a key naming a form field goes next to that field, other
     keys become form-wide errors that name the key. Keys of the shape ``nodes[i]...`` are returned untouched for
     the caller to place (node errors belong to node forms)."""
-    field_map = field_map or {}
     rest: dict[str, Any] = {}
     for key, value in errors.items():
         if _NODE_KEY_RE.match(key):
             rest[key] = value
             continue
-        field = field_map.get(key, key)
+        field = key
         messages = _messages(value)
         if field in form.fields and not form.fields[field].disabled:
             form.add_error(field, messages)
@@ -197,10 +194,6 @@ class NodeInlineForm(NodeForm):
         if self.instance.pk and self.instance.status != NodeStatus.PENDING:
             for field in self.fields.values():
                 field.disabled = True
-
-    @property
-    def is_locked(self) -> bool:
-        return bool(self.instance.pk and self.instance.status != NodeStatus.PENDING)
 
 
 class NodeInlineFormSet(forms.BaseInlineFormSet):

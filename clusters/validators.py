@@ -200,7 +200,9 @@ def critical_config(value: object) -> dict[str, object]:
     """The critical keys of an extra-config mapping (``+`` suffixes folded into the key)."""
     if not isinstance(value, dict):
         return {}
-    return {key: item for key, item in value.items() if isinstance(key, str) and key.rstrip("+") in CRITICAL_CONFIG_KEYS}
+    return {
+        key: item for key, item in value.items() if isinstance(key, str) and key.rstrip("+") in CRITICAL_CONFIG_KEYS
+    }
 
 _LABEL_KEY_RE = re.compile(
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
@@ -240,7 +242,8 @@ def _is_restricted_label_key(key: str) -> bool:
 def validate_node_label(value: str) -> None:
     """Kubernetes label ``key=value`` that the kubelet accepts at registration."""
     key, sep, label_value = (value if isinstance(value, str) else "").partition("=")
-    if not sep or not _LABEL_KEY_RE.match(key) or len(key.rpartition("/")[0]) > 253 or not _LABEL_VALUE_RE.match(label_value):
+    prefix = key.rpartition("/")[0]
+    if not sep or not _LABEL_KEY_RE.match(key) or len(prefix) > 253 or not _LABEL_VALUE_RE.match(label_value):
         raise ValidationError(f"{value!r} is not a Kubernetes label of the form key=value.", code="invalid_label")
     if _is_restricted_label_key(key):
         raise ValidationError(

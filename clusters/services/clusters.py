@@ -307,10 +307,13 @@ def nodes_mark_for_removal(*, cluster: Cluster, hostnames: Sequence[str], actor:
         unhealthy = [node.hostname for node in remaining if node.status != NodeStatus.ACTIVE]
         if unhealthy:
             raise ValidationError(
-                {"hostnames": [f"Servers {', '.join(unhealthy)} are not active: removing another server could break etcd quorum."]}
+                {"hostnames": [
+                    f"Servers {', '.join(unhealthy)} are not active: removing another server could break etcd quorum."
+                ]}
             )
         address = cluster.registration_address
-        if (not address and target.role == NodeRole.INITIAL_MASTER) or address in (target.internal_ip, target.external_ip):
+        is_registration_target = address in (target.internal_ip, target.external_ip)
+        if (not address and target.role == NodeRole.INITIAL_MASTER) or is_registration_target:
             raise ValidationError(
                 {"hostnames": [
                     f"{target.hostname} is the address the other nodes register with. Set the cluster's registration "

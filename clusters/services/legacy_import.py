@@ -360,7 +360,9 @@ def _build_cluster(row: Mapping[str, Any], name: str, outcome: ClusterOutcome) -
         tls_san = row.get("tls_san")
         if isinstance(tls_san, str):
             text = tls_san.strip()
-            tls_san = json.loads(text) if text.startswith("[") else [item.strip() for item in text.split(",") if item.strip()]
+            tls_san = (
+                json.loads(text) if text.startswith("[") else [item.strip() for item in text.split(",") if item.strip()]
+            )
         fields["tls_san"] = tls_san if isinstance(tls_san, list) else ([] if tls_san is None else tls_san)
         cluster_vars = _json_value(row.get("cluster_vars"))
         fields["cluster_vars"] = cluster_vars if cluster_vars is not None else {}
@@ -449,7 +451,9 @@ def _build_nodes(cluster: Cluster, raw_nodes: Any, outcome: ClusterOutcome, *, r
         try:
             node.full_clean(exclude=["cluster"], validate_constraints=False)
         except ValidationError as exc:
-            outcome.errors.extend(_messages(exc, lambda key, label=label: label if key == "__all__" else f"{label} ({key})"))
+            outcome.errors.extend(
+                _messages(exc, lambda key, label=label: label if key == "__all__" else f"{label} ({key})")
+            )
             continue
         for key in ("hostname", "internal_ip"):
             value = str(getattr(node, key))
@@ -533,7 +537,9 @@ def _save(
             node.cluster = cluster
             node.save()
         audit_record(
-            action="cluster.import", actor=actor, cluster=cluster,
+            action="cluster.import",
+            actor=actor,
+            cluster=cluster,
             detail={"source": source, "nodes": len(nodes), "token_generated": outcome.token_generated},
         )
         if dry_run:

@@ -33,9 +33,13 @@ def ssh_private_key(kind: str = "ed25519", *, passphrase: str = "", fmt: str = "
     return key.private_bytes(serialization.Encoding.PEM, private_format, encryption).decode("ascii")
 
 
-def make_credential(name: str = "ops", *, private_key: str | None = None, passphrase: str = "", **fields: Any) -> SSHCredential:
+def make_credential(
+    name: str = "ops", *, private_key: str | None = None, passphrase: str = "", **fields: Any
+) -> SSHCredential:
     credential = SSHCredential(
-        name=name, private_key=private_key if private_key is not None else ssh_private_key(), passphrase=passphrase,
+        name=name,
+        private_key=private_key if private_key is not None else ssh_private_key(),
+        passphrase=passphrase,
         **fields,
     )
     credential.full_clean()
@@ -68,7 +72,9 @@ def make_cluster(
 
 def mark_installed(cluster: Cluster) -> Cluster:
     """Put a cluster in the state a successful install leaves it in: every live node active, bootstrapped."""
-    cluster.cluster_nodes.filter(status=NodeStatus.PENDING).update(status=NodeStatus.ACTIVE, installed_version=cluster.rke2_version)
+    cluster.cluster_nodes.filter(status=NodeStatus.PENDING).update(
+        status=NodeStatus.ACTIVE, installed_version=cluster.rke2_version
+    )
     Cluster.objects.filter(pk=cluster.pk).update(
         bootstrapped_at=timezone.now(), status=ClusterStatus.ACTIVE, installation_stage=InstallationStage.COMPLETE
     )

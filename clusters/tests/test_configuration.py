@@ -56,7 +56,9 @@ def test_every_variable_the_settings_read_is_documented_in_env_example():
 
 
 def test_embedded_default_is_sqlite_in_wal_mode_and_a_serverless_broker(tmp_path):
-    result = run_settings(tmp_path, DJANGO_SECRET_KEY="x" * 50, FIELD_ENCRYPTION_KEYS="a,b", DJANGO_ALLOWED_HOSTS="a, b")
+    result = run_settings(
+        tmp_path, DJANGO_SECRET_KEY="x" * 50, FIELD_ENCRYPTION_KEYS="a,b", DJANGO_ALLOWED_HOSTS="a, b"
+    )
     assert result.returncode == 0, result.stderr
     probe = json.loads(result.stdout.strip().splitlines()[-1])
     assert probe["engine"] == "django.db.backends.sqlite3"
@@ -81,9 +83,12 @@ def test_secret_key_is_required_when_debug_is_off(tmp_path):
 
 def test_system_check_fails_without_encryption_keys(tmp_path):
     env = {
-        "PATH": os.environ.get("PATH", ""), "DJANGO_SETTINGS_MODULE": "rke2portal.settings",
-        "DJANGO_READ_DOT_ENV_FILE": "false", "RKE2PORTAL_DATA_DIR": str(tmp_path / "data"),
-        "DJANGO_STATIC_ROOT": str(tmp_path / "static"), "DJANGO_SECRET_KEY": "x" * 50,
+        "PATH": os.environ.get("PATH", ""),
+        "DJANGO_SETTINGS_MODULE": "rke2portal.settings",
+        "DJANGO_READ_DOT_ENV_FILE": "false",
+        "RKE2PORTAL_DATA_DIR": str(tmp_path / "data"),
+        "DJANGO_STATIC_ROOT": str(tmp_path / "static"),
+        "DJANGO_SECRET_KEY": "x" * 50,
     }
     result = subprocess.run(
         [sys.executable, "manage.py", "check"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120

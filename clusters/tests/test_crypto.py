@@ -76,7 +76,9 @@ def test_raw_rows_hold_no_plaintext(secrets_stored):
     for row, columns in ((cluster_row, ("token", "kubeconfig")), (credential_row, ("private_key", "passphrase"))):
         for column in columns:
             assert row[column].startswith("gAAAAA"), f"{column} is not Fernet ciphertext"
-            assert reveal(crypto.decrypt(row[column])) == (plain[column] if column != "private_key" else plain[column] + "\n")
+            assert reveal(crypto.decrypt(row[column])) == (
+                plain[column] if column != "private_key" else plain[column] + "\n"
+            )
 
 
 def test_values_written_by_update_are_encrypted_too(secrets_stored):
@@ -100,14 +102,27 @@ def test_string_forms_never_show_secrets(secrets_stored, caplog):
     cluster = Cluster.objects.get(pk=cluster.pk)
     credential = SSHCredential.objects.get(pk=credential.pk)
     shown = [
-        str(cluster), repr(cluster), str(credential), repr(credential),
-        str(cluster.token), repr(cluster.token), f"{cluster.token}", f"{cluster.token:>60}", "%s" % cluster.token,
-        "{}".format(cluster.kubeconfig), repr(credential.private_key), str(credential.passphrase),
-        repr(cluster.__dict__), repr(credential.__dict__), repr(vars(cluster)),
+        str(cluster),
+        repr(cluster),
+        str(credential),
+        repr(credential),
+        str(cluster.token),
+        repr(cluster.token),
+        f"{cluster.token}",
+        f"{cluster.token:>60}",
+        "%s" % cluster.token,
+        "{}".format(cluster.kubeconfig),
+        repr(credential.private_key),
+        str(credential.passphrase),
+        repr(cluster.__dict__),
+        repr(credential.__dict__),
+        repr(vars(cluster)),
         serializers.serialize("json", [cluster, credential]),
     ]
     with caplog.at_level(logging.INFO):
-        logging.getLogger("clusters.tests").info("cluster %s token %s key %r", cluster, cluster.token, credential.private_key)
+        logging.getLogger("clusters.tests").info(
+            "cluster %s token %s key %r", cluster, cluster.token, credential.private_key
+        )
     shown.append(caplog.text)
     text = "\n".join(shown)
     for name, value in plain.items():

@@ -32,8 +32,13 @@ PROD_TOKEN = "K10" + "ab" * 32 + "::server:" + "c0ffee" * 6
 # The old system's rows: clusters with their nodes in a JSON column.
 LEGACY_CLUSTERS = [
     {
-        "id": 1, "name": "prod", "version": "v1.28.5+rke2r1", "token": PROD_TOKEN,
-        "server_url": "https://10.0.0.100:9345", "cni": "calico", "status": "running",
+        "id": 1,
+        "name": "prod",
+        "version": "v1.28.5+rke2r1",
+        "token": PROD_TOKEN,
+        "server_url": "https://10.0.0.100:9345",
+        "cni": "calico",
+        "status": "running",
         "created_at": "2024-03-01 10:15:00",
         "nodes": [
             {"hostname": "cp1", "ip": "10.0.0.1", "role": "server"},
@@ -43,16 +48,28 @@ LEGACY_CLUSTERS = [
         ],
     },
     {
-        "id": 2, "name": "edge", "version": "1.29.1+rke2r1", "token": None, "server_url": None, "cni": None,
-        "status": "failed", "created_at": None,
+        "id": 2,
+        "name": "edge",
+        "version": "1.29.1+rke2r1",
+        "token": None,
+        "server_url": None,
+        "cni": None,
+        "status": "failed",
+        "created_at": None,
         "nodes": [
             {"hostname": "e1", "ip": "10.1.0.21", "role": "agent"},
             {"hostname": "e2", "ip": "10.1.0.1", "role": "server"},
         ],
     },
     {
-        "id": 3, "name": "broken", "version": "v1.28.5+rke2r1", "token": "t" * 40, "server_url": None, "cni": None,
-        "status": "running", "created_at": None,
+        "id": 3,
+        "name": "broken",
+        "version": "v1.28.5+rke2r1",
+        "token": "t" * 40,
+        "server_url": None,
+        "cni": None,
+        "status": "running",
+        "created_at": None,
         "nodes": [
             {"hostname": "ok1", "ip": "10.2.0.1", "role": "server"},
             {"hostname": "bad_host", "ip": "10.2.0.2", "role": "agent"},
@@ -74,13 +91,30 @@ def run_import(source: str, *args: str) -> tuple[str, CommandError | None]:
 
 def snapshot() -> list[object]:
     """Everything the import may write, in comparable form."""
-    clusters = list(Cluster.objects.order_by("name").values_list(
-        "name", "rke2_version", "registration_address", "cni", "status", "installation_stage", "bootstrapped_at",
-    ))
+    clusters = list(
+        Cluster.objects.order_by("name").values_list(
+            "name",
+            "rke2_version",
+            "registration_address",
+            "cni",
+            "status",
+            "installation_stage",
+            "bootstrapped_at",
+        )
+    )
     tokens = [reveal(cluster.token) for cluster in Cluster.objects.order_by("name")]
-    nodes = list(Node.objects.order_by("pk").values_list(
-        "cluster__name", "hostname", "internal_ip", "external_ip", "role", "status", "installed_version", "updated_at",
-    ))
+    nodes = list(
+        Node.objects.order_by("pk").values_list(
+            "cluster__name",
+            "hostname",
+            "internal_ip",
+            "external_ip",
+            "role",
+            "status",
+            "installed_version",
+            "updated_at",
+        )
+    )
     return [clusters, tokens, nodes, AuditLog.objects.count()]
 
 
@@ -104,17 +138,27 @@ def assert_imported_as_expected(output: str, error: CommandError | None) -> None
     assert reveal(prod.token) == PROD_TOKEN
     nodes = {node.hostname: node for node in prod.cluster_nodes.all()}
     assert {name: node.role for name, node in nodes.items()} == {
-        "cp1": NodeRole.INITIAL_MASTER, "cp2": NodeRole.MASTER, "w1": NodeRole.WORKER, "cp3": NodeRole.MASTER,
+        "cp1": NodeRole.INITIAL_MASTER,
+        "cp2": NodeRole.MASTER,
+        "w1": NodeRole.WORKER,
+        "cp3": NodeRole.MASTER,
     }
     assert {node.status for node in nodes.values()} == {NodeStatus.ACTIVE}
     assert {node.installed_version for node in nodes.values()} == {"v1.28.5+rke2r1"}
-    assert (nodes["cp2"].internal_ip, nodes["cp2"].external_ip, nodes["cp2"].use_external_ip) == ("10.0.0.2", "203.0.113.2", False)
+    assert (nodes["cp2"].internal_ip, nodes["cp2"].external_ip, nodes["cp2"].use_external_ip) == (
+        "10.0.0.2",
+        "203.0.113.2",
+        False,
+    )
 
     edge = Cluster.objects.get(name="edge")
     assert edge.rke2_version == "v1.29.1+rke2r1"
     assert edge.is_bootstrapped and edge.cni == "canal" and edge.registration_address == ""
     assert len(reveal(edge.token)) >= 32
-    assert dict(edge.cluster_nodes.values_list("hostname", "role")) == {"e1": NodeRole.WORKER, "e2": NodeRole.INITIAL_MASTER}
+    assert dict(edge.cluster_nodes.values_list("hostname", "role")) == {
+        "e1": NodeRole.WORKER,
+        "e2": NodeRole.INITIAL_MASTER,
+    }
 
     # The imported token is encrypted at rest like any other.
     with connection.cursor() as cursor:
@@ -176,9 +220,14 @@ def test_every_cluster_problem_is_named(tmp_path):
         {**base, "name": "noversion", "version": None},
         {**base, "name": "agentsonly", "nodes": [{"hostname": "a1", "ip": "10.0.0.1", "role": "agent"}]},
         {**base, "name": "badrole", "nodes": [{"hostname": "n1", "ip": "10.0.0.1", "role": "controlplane"}]},
-        {**base, "name": "dupes", "nodes": [
-            {"hostname": "n1", "ip": "10.0.0.1", "role": "server"}, {"hostname": "n1", "ip": "10.0.0.1", "role": "agent"},
-        ]},
+        {
+            **base,
+            "name": "dupes",
+            "nodes": [
+                {"hostname": "n1", "ip": "10.0.0.1", "role": "server"},
+                {"hostname": "n1", "ip": "10.0.0.1", "role": "agent"},
+            ],
+        },
         {**base, "name": "badcidr", "cluster_cidr": "10.43.0.0/16"},
         {**base, "name": "badvars", "cluster_vars": json.dumps({"token": "x"})},
         {**base, "name": "nonodes", "nodes": []},
@@ -272,7 +321,16 @@ def build_sqlite_source(path: Path, *, nodes_table: bool = False) -> None:
                 "INSERT INTO nodes VALUES (?, 7, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (1, "m1", "10.5.0.1", None, "INITIAL_MASTER", "ACTIVE", 0, None),
-                    (2, "m2", "10.5.0.2", "198.51.100.2", "MASTER", "ACTIVE", 1, json.dumps({"kubelet-arg+": ["max-pods=200"]})),
+                    (
+                        2,
+                        "m2",
+                        "10.5.0.2",
+                        "198.51.100.2",
+                        "MASTER",
+                        "ACTIVE",
+                        1,
+                        json.dumps({"kubelet-arg+": ["max-pods=200"]}),
+                    ),
                     (3, "gone", "10.5.0.3", None, "WORKER", "REMOVED", 0, None),
                     (4, "w1", "10.5.0.21", None, "WORKER", "ACTIVE", 0, None),
                 ],

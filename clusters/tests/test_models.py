@@ -139,7 +139,11 @@ def test_node_queries_do_not_join_the_cluster_table(cluster):
 
 def test_cluster_defaults(cluster):
     assert cluster.cni == "canal"
-    assert (cluster.cluster_cidr, cluster.service_cidr, cluster.cluster_dns) == ("10.42.0.0/16", "10.43.0.0/16", "10.43.0.10")
+    assert (cluster.cluster_cidr, cluster.service_cidr, cluster.cluster_dns) == (
+        "10.42.0.0/16",
+        "10.43.0.0/16",
+        "10.43.0.10",
+    )
     assert cluster.cluster_domain == "cluster.local"
     assert cluster.installation_stage == "not_started" and cluster.status == "new"
     assert not cluster.is_bootstrapped

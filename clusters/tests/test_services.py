@@ -70,8 +70,12 @@ def test_create_cluster_with_nodes_in_one_call():
     admin = get_user_model().objects.create_user("admin")
     credential = make_credential()
     cluster = cluster_create(
-        name="prod", rke2_version=DEFAULT_VERSION, registration_address="k8s.example.com",
-        tls_san=["k8s.example.com"], ssh_credential=credential.pk, actor=admin,
+        name="prod",
+        rke2_version=DEFAULT_VERSION,
+        registration_address="k8s.example.com",
+        tls_san=["k8s.example.com"],
+        ssh_credential=credential.pk,
+        actor=admin,
         nodes=[
             {"hostname": "cp1", "internal_ip": "10.0.0.11", "role": "server"},
             {"hostname": "cp2", "internal_ip": "10.0.0.12", "role": "server", "external_ip": "203.0.113.12"},
@@ -91,17 +95,20 @@ def test_create_cluster_with_nodes_in_one_call():
 
 
 def test_nodes_without_roles_make_the_first_one_initial_master():
-    cluster = make_cluster(nodes=[
-        {"hostname": "a", "internal_ip": "10.0.0.1"},
-        {"hostname": "b", "internal_ip": "10.0.0.2"},
-    ])
+    cluster = make_cluster(
+        nodes=[
+            {"hostname": "a", "internal_ip": "10.0.0.1"},
+            {"hostname": "b", "internal_ip": "10.0.0.2"},
+        ]
+    )
     assert roles(cluster) == {"a": "initial_master", "b": "worker"}
 
 
 def test_create_reports_every_error_keyed_by_node_and_writes_nothing():
     with pytest.raises(ValidationError) as info:
         cluster_create(
-            name="Bad Name", rke2_version="1.31",
+            name="Bad Name",
+            rke2_version="1.31",
             nodes=[
                 {"hostname": "ok", "internal_ip": "10.0.0.1", "role": "server"},
                 {"hostname": "Bad_Host", "internal_ip": "10.0.0.999", "role": "agent"},
@@ -114,8 +121,16 @@ def test_create_reports_every_error_keyed_by_node_and_writes_nothing():
         )
     errors = error_dict(info)
     assert set(errors) == {
-        "name", "rke2_version", "nodes[1].hostname", "nodes[1].internal_ip", "nodes[2].hostname",
-        "nodes[2].internal_ip", "nodes[3]", "nodes[4]", "nodes[5].role", "nodes[6].external_ip",
+        "name",
+        "rke2_version",
+        "nodes[1].hostname",
+        "nodes[1].internal_ip",
+        "nodes[2].hostname",
+        "nodes[2].internal_ip",
+        "nodes[3]",
+        "nodes[4]",
+        "nodes[5].role",
+        "nodes[6].external_ip",
     }
     assert errors["nodes[2].hostname"] == ["Duplicate of nodes[0].hostname."]
     assert errors["nodes[3]"] == ["Unknown field(s): colour."]
@@ -154,12 +169,16 @@ def test_create_refuses_a_taken_name():
 
 def test_add_nodes_before_and_after_install():
     cluster = make_cluster(servers=1)
-    added = nodes_add(cluster=cluster, nodes=[
-        {"hostname": "alpha-s2", "internal_ip": "10.0.0.12", "role": "server"},
-        {"hostname": "alpha-w1", "internal_ip": "10.0.0.101"},
-    ])
+    added = nodes_add(
+        cluster=cluster,
+        nodes=[
+            {"hostname": "alpha-s2", "internal_ip": "10.0.0.12", "role": "server"},
+            {"hostname": "alpha-w1", "internal_ip": "10.0.0.101"},
+        ],
+    )
     assert [(node.hostname, node.role, node.status) for node in added] == [
-        ("alpha-s2", "master", "pending"), ("alpha-w1", "worker", "pending"),
+        ("alpha-s2", "master", "pending"),
+        ("alpha-w1", "worker", "pending"),
     ]
     mark_installed(cluster)
     # Even when the initial master is gone, an installed cluster never gets a new one.
@@ -178,11 +197,14 @@ def test_add_first_server_to_an_empty_cluster_makes_it_initial_master():
 def test_add_nodes_conflicting_with_existing_ones():
     cluster = make_cluster(servers=1, workers=1)
     with pytest.raises(ValidationError) as info:
-        nodes_add(cluster=cluster, nodes=[
-            {"hostname": "fresh", "internal_ip": "10.0.0.50"},
-            {"hostname": "alpha-w1", "internal_ip": "10.0.0.11"},
-            {"hostname": "again", "internal_ip": "10.0.0.60", "role": "initial_master"},
-        ])
+        nodes_add(
+            cluster=cluster,
+            nodes=[
+                {"hostname": "fresh", "internal_ip": "10.0.0.50"},
+                {"hostname": "alpha-w1", "internal_ip": "10.0.0.11"},
+                {"hostname": "again", "internal_ip": "10.0.0.60", "role": "initial_master"},
+            ],
+        )
     assert error_dict(info) == {
         "nodes[1].hostname": ["A node with this host name already exists in this cluster."],
         "nodes[1].internal_ip": ["A node with this internal IP already exists in this cluster."],
@@ -229,11 +251,13 @@ def test_remove_workers_and_never_installed_nodes(installed):
     assert entry.detail == {"hostnames": ["alpha-w1", "late"]}
     with pytest.raises(ValidationError) as info:
         nodes_mark_for_removal(cluster=installed, hostnames=["alpha-w1", "late", "ghost"])
-    assert error_dict(info) == {"hostnames": [
-        "alpha-w1 is already marked for removal.",
-        "No node named 'late' in this cluster.",
-        "No node named 'ghost' in this cluster.",
-    ]}
+    assert error_dict(info) == {
+        "hostnames": [
+            "alpha-w1 is already marked for removal.",
+            "No node named 'late' in this cluster.",
+            "No node named 'ghost' in this cluster.",
+        ]
+    }
     for bad in ([], "alpha-w2"):
         with pytest.raises(ValidationError):
             nodes_mark_for_removal(cluster=installed, hostnames=bad)
@@ -278,7 +302,8 @@ def test_pending_servers_are_not_guarded():
     marked = nodes_mark_for_removal(cluster=cluster, hostnames=["alpha-s1"])
     assert marked[0].status == NodeStatus.REMOVED
     assert cluster_install_problems(cluster) == [
-        "An install needs exactly one initial master; the cluster has 0.", "The cluster has no SSH credential.",
+        "An install needs exactly one initial master; the cluster has 0.",
+        "The cluster has no SSH credential.",
     ]
 
 
@@ -288,9 +313,15 @@ def test_pending_servers_are_not_guarded():
 def test_update_before_install_may_change_anything():
     cluster = make_cluster()
     credential = make_credential()
-    cluster_update(cluster=cluster, data={
-        "cni": "cilium", "cluster_cidr": "10.52.0.0/16", "rke2_version": "v1.32.1+rke2r1", "ssh_credential": credential.pk,
-    })
+    cluster_update(
+        cluster=cluster,
+        data={
+            "cni": "cilium",
+            "cluster_cidr": "10.52.0.0/16",
+            "rke2_version": "v1.32.1+rke2r1",
+            "ssh_credential": credential.pk,
+        },
+    )
     cluster.refresh_from_db()
     assert (cluster.cni, cluster.cluster_cidr, cluster.rke2_version) == ("cilium", "10.52.0.0/16", "v1.32.1+rke2r1")
     assert cluster.ssh_credential == credential
@@ -337,7 +368,8 @@ def test_delete_is_refused_while_a_job_is_active():
 def test_install_needs_exactly_one_initial_master_and_a_credential():
     cluster = make_cluster(nodes=[{"hostname": "w", "internal_ip": "10.0.0.1", "role": "worker"}])
     assert cluster_install_problems(cluster) == [
-        "An install needs exactly one initial master; the cluster has 0.", "The cluster has no SSH credential.",
+        "An install needs exactly one initial master; the cluster has 0.",
+        "The cluster has no SSH credential.",
     ]
     cluster = make_cluster("beta", servers=1, ssh_credential=make_credential())
     assert cluster_install_problems(cluster) == []

@@ -29,7 +29,9 @@ def ssh_keygen_fingerprint(key_text: str, passphrase: str = "") -> str:
         path = os.path.join(folder, "key.pub")
         with open(path, "wb") as handle:
             handle.write(public + b"\n")
-        output = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", path], check=True, capture_output=True, text=True)
+        output = subprocess.run(
+            ["ssh-keygen", "-l", "-E", "sha256", "-f", path], check=True, capture_output=True, text=True
+        )
     return output.stdout.split()[1]
 
 
@@ -68,7 +70,9 @@ def _error(text: str, passphrase: str = "") -> KeyError_:
 
 @pytest.mark.parametrize("fmt", ["openssh", "pkcs8", "traditional"])
 def test_wrong_passphrase_blames_the_passphrase(fmt):
-    error = _error(ssh_private_key("rsa" if fmt == "traditional" else "ed25519", passphrase=PASSPHRASE, fmt=fmt), "wrong")
+    error = _error(
+        ssh_private_key("rsa" if fmt == "traditional" else "ed25519", passphrase=PASSPHRASE, fmt=fmt), "wrong"
+    )
     assert error.field == "passphrase"
     assert "does not open" in error.message
 
@@ -118,13 +122,19 @@ def test_public_key_pasted_instead_of_the_private_one():
 
 
 def test_weak_and_obsolete_keys_are_refused():
-    small = rsa.generate_private_key(65537, 1024).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
-    ).decode()
+    small = (
+        rsa.generate_private_key(65537, 1024)
+        .private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption()
+        )
+        .decode()
+    )
     assert "1024 bits" in _error(small).message
-    old = dsa.generate_private_key(2048).private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    ).decode()
+    old = (
+        dsa.generate_private_key(2048)
+        .private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        .decode()
+    )
     assert "DSA" in _error(old).message
 
 

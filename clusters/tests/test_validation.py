@@ -16,7 +16,15 @@ from .factories import make_cluster, mark_installed
 
 @pytest.mark.parametrize(
     "value",
-    ["node1", "a", "node-1.example.com", "1node", "x" * 63, ".".join(["a" * 63] * 3) + "." + "b" * 61, "10-0-0-1.nip.io"],
+    [
+        "node1",
+        "a",
+        "node-1.example.com",
+        "1node",
+        "x" * 63,
+        ".".join(["a" * 63] * 3) + "." + "b" * 61,
+        "10-0-0-1.nip.io",
+    ],
 )
 def test_valid_hostnames(value):
     validators.validate_hostname(value)
@@ -25,8 +33,22 @@ def test_valid_hostnames(value):
 @pytest.mark.parametrize(
     "value",
     [
-        "", "Node1", "node_1", "-node", "node-", "node..example", "node.", ".node", "x" * 64, "a" * 250 + ".com",
-        "node 1", "nöde", "10.0.0.1", "10.0.0.256", None, 42,
+        "",
+        "Node1",
+        "node_1",
+        "-node",
+        "node-",
+        "node..example",
+        "node.",
+        ".node",
+        "x" * 64,
+        "a" * 250 + ".com",
+        "node 1",
+        "nöde",
+        "10.0.0.1",
+        "10.0.0.256",
+        None,
+        42,
     ],
 )
 def test_invalid_hostnames(value):
@@ -51,14 +73,18 @@ def test_valid_addresses(value):
     validators.validate_address(value)
 
 
-@pytest.mark.parametrize("value", ["10.0.0.256", "1.2.3", "2001:db8:::1", "https://lb:9345", "lb:9345", "", "LB.example"])
+@pytest.mark.parametrize(
+    "value", ["10.0.0.256", "1.2.3", "2001:db8:::1", "https://lb:9345", "lb:9345", "", "LB.example"]
+)
 def test_invalid_addresses(value):
     with pytest.raises(ValidationError) as info:
         validators.validate_address(value)
     assert "neither an IP address nor a DNS name" in info.value.messages[0]
 
 
-@pytest.mark.parametrize("value", ["10.42.0.0/16", "fd00:42::/56", "10.42.0.0/16,fd00:42::/56", "10.42.0.0/16, fd00:42::/56"])
+@pytest.mark.parametrize(
+    "value", ["10.42.0.0/16", "fd00:42::/56", "10.42.0.0/16,fd00:42::/56", "10.42.0.0/16, fd00:42::/56"]
+)
 def test_valid_cidrs(value):
     validators.validate_cidr(value)
 
@@ -91,20 +117,24 @@ def test_rke2_versions():
 
 
 @pytest.mark.parametrize(
-    "label", ["env=prod", "example.com/tier=web", "node.kubernetes.io/pool=a", "topology.kubernetes.io/zone=z1", "empty="]
+    "label",
+    ["env=prod", "example.com/tier=web", "node.kubernetes.io/pool=a", "topology.kubernetes.io/zone=z1", "empty="],
 )
 def test_valid_labels(label):
     validators.validate_node_label(label)
 
 
-@pytest.mark.parametrize(("label", "code"), [
-    ("env", "invalid_label"),
-    ("=prod", "invalid_label"),
-    ("env=has space", "invalid_label"),
-    ("node-role.kubernetes.io/worker=true", "restricted_label"),
-    ("kubernetes.io/role=master", "restricted_label"),
-    ("foo.k8s.io/x=y", "restricted_label"),
-])
+@pytest.mark.parametrize(
+    ("label", "code"),
+    [
+        ("env", "invalid_label"),
+        ("=prod", "invalid_label"),
+        ("env=has space", "invalid_label"),
+        ("node-role.kubernetes.io/worker=true", "restricted_label"),
+        ("kubernetes.io/role=master", "restricted_label"),
+        ("foo.k8s.io/x=y", "restricted_label"),
+    ],
+)
 def test_invalid_labels(label, code):
     with pytest.raises(ValidationError) as info:
         validators.validate_node_label(label)
@@ -121,7 +151,13 @@ def test_taints():
 
 def test_extra_config_keys():
     check = validators.validate_rke2_config
-    check({"write-kubeconfig-mode": "0600", "kube-apiserver-arg+": ["audit-log-maxage=30"], "disable": ["rke2-ingress-nginx"]})
+    check(
+        {
+            "write-kubeconfig-mode": "0600",
+            "kube-apiserver-arg+": ["audit-log-maxage=30"],
+            "disable": ["rke2-ingress-nginx"],
+        }
+    )
     check({})
     for bad, fragment in (
         ({"token": "x"}, "token is managed"),
@@ -169,7 +205,9 @@ def test_cluster_and_service_cidrs_must_not_overlap():
 
 def test_cluster_dns_must_be_inside_the_service_cidr():
     errors = cluster_errors(service_cidr="10.96.0.0/16", cluster_dns="10.43.0.10")
-    assert errors == {"cluster_dns": ["The cluster DNS address 10.43.0.10 must lie inside the service CIDR (10.96.0.0/16)."]}
+    assert errors == {
+        "cluster_dns": ["The cluster DNS address 10.43.0.10 must lie inside the service CIDR (10.96.0.0/16)."]
+    }
     assert cluster_errors(service_cidr="10.96.0.0/16", cluster_dns="10.96.0.10") == {}
     assert "network or broadcast" in cluster_errors(cluster_dns="10.43.0.0")["cluster_dns"][0]
     assert "network or broadcast" in cluster_errors(cluster_dns="10.43.255.255")["cluster_dns"][0]
@@ -185,8 +223,11 @@ def test_service_cidr_size_is_bounded_like_the_api_server_does():
 
 def test_cidrs_are_stored_in_canonical_form():
     cluster = Cluster(
-        name="alpha", rke2_version="v1.31.4+rke2r1",
-        cluster_cidr=" 10.42.0.0/16 , FD00:0042:0000::/56", service_cidr="10.43.0.0/16", cluster_dns="10.43.0.10",
+        name="alpha",
+        rke2_version="v1.31.4+rke2r1",
+        cluster_cidr=" 10.42.0.0/16 , FD00:0042:0000::/56",
+        service_cidr="10.43.0.0/16",
+        cluster_dns="10.43.0.10",
     )
     cluster.full_clean(validate_unique=False)
     assert cluster.cluster_cidr == "10.42.0.0/16,fd00:42::/56"
@@ -194,10 +235,23 @@ def test_cidrs_are_stored_in_canonical_form():
 
 def test_malformed_values_are_reported_once_per_field():
     errors = cluster_errors(
-        name="Bad_Name", rke2_version="1.31", cluster_cidr="nonsense", cluster_dns="not-an-ip",
-        registration_address="https://x", tls_san=["ok.example.com", "no good"], cni="weave",
+        name="Bad_Name",
+        rke2_version="1.31",
+        cluster_cidr="nonsense",
+        cluster_dns="not-an-ip",
+        registration_address="https://x",
+        tls_san=["ok.example.com", "no good"],
+        cni="weave",
     )
-    assert set(errors) == {"name", "rke2_version", "cluster_cidr", "cluster_dns", "registration_address", "tls_san", "cni"}
+    assert set(errors) == {
+        "name",
+        "rke2_version",
+        "cluster_cidr",
+        "cluster_dns",
+        "registration_address",
+        "tls_san",
+        "cni",
+    }
     assert len(errors["cluster_dns"]) == 1
     assert errors["tls_san"] == ["'no good' is not an IP address or DNS name."]
     assert cluster_errors(tls_san="lb.example.com") == {"tls_san": ["Enter a list of DNS names or IP addresses."]}
@@ -256,13 +310,19 @@ def node_errors(**fields) -> dict[str, list[str]]:
 def test_node_fields():
     assert node_errors() == {}
     assert node_errors(internal_ip="fd00::11", external_ip="2001:db8::11", use_external_ip=True) == {}
-    assert set(node_errors(hostname="Node_1", internal_ip="10.0.0.999", role="boss")) == {"hostname", "internal_ip", "role"}
+    assert set(node_errors(hostname="Node_1", internal_ip="10.0.0.999", role="boss")) == {
+        "hostname",
+        "internal_ip",
+        "role",
+    }
     assert node_errors(use_external_ip=True) == {"external_ip": ["Using the external IP requires an external IP."]}
     assert "labels" in node_errors(labels=["no-equals-sign"])
     assert "labels" in node_errors(labels="env=prod")
     assert "taints" in node_errors(taints=["x=y:Never"])
     assert node_errors(node_vars={"egress-selector-mode": "agent"}) == {
-        "node_vars": ["egress-selector-mode: must be the same on every server; set it in the cluster's extra RKE2 config instead."]
+        "node_vars": [
+            "egress-selector-mode: must be the same on every server; set it in the cluster's extra RKE2 config instead."
+        ]
     }
 
 

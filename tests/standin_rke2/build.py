@@ -102,8 +102,10 @@ def _init_script(role):
 
 
 def _knob_file(knobs):
-    lines = ["# Timing knobs of the RKE2 stand-in; /etc/rancher/rke2/standin.env and /etc/default/rke2-<type>",
-             "# on a host override them."]
+    lines = [
+        "# Timing knobs of the RKE2 stand-in; /etc/rancher/rke2/standin.env and /etc/default/rke2-<type>",
+        "# on a host override them.",
+    ]
     for key, env_name in KNOB_NAMES.items():
         lines.append("%s=%g" % (env_name, knobs[key]))
     return ("\n".join(lines) + "\n").encode()
@@ -181,9 +183,7 @@ def build_bundle(dest_dir, version, arch="amd64", **knobs):
     }
     for name, data in artifacts.items():
         (dest / name).write_bytes(data)
-    sums = "".join(
-        "%s  %s\n" % (hashlib.sha256(data).hexdigest(), name) for name, data in sorted(artifacts.items())
-    )
+    sums = "".join("%s  %s\n" % (hashlib.sha256(data).hexdigest(), name) for name, data in sorted(artifacts.items()))
     (dest / ("sha256sum-%s.txt" % arch)).write_text(sums)
     install = dest / "install.sh"
     install.write_bytes((BUNDLE_DIR / "install.sh").read_bytes())

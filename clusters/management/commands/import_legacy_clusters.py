@@ -11,7 +11,7 @@ from clusters.services.legacy_import import MAPPING_HELP, ImportReport, LegacySo
 class Command(BaseCommand):
     help = (
         "Import clusters from the previous RKE2 automation system. SOURCE is a JSON export (a list of cluster "
-        "objects, or {\"clusters\": [...]}) or that system's database: sqlite:///relative/path.db, "
+        'objects, or {"clusters": [...]}) or that system\'s database: sqlite:///relative/path.db, '
         "sqlite:////absolute/path.db or postgres://user:password@host:port/dbname (read only).\n\n" + MAPPING_HELP
     )
 
@@ -27,14 +27,17 @@ class Command(BaseCommand):
         )
         parser.add_argument("--table", default="clusters", help="The old system's clusters table (default: clusters).")
         parser.add_argument(
-            "--nodes-table", default="nodes",
+            "--nodes-table",
+            default="nodes",
             help="Table holding the nodes when the clusters table has no nodes column (default: nodes).",
         )
 
     def handle(self, *args, **options):  # type: ignore[no-untyped-def]
         try:
             report = legacy_clusters_import(
-                source=options["source"], dry_run=options["dry_run"], table=options["table"],
+                source=options["source"],
+                dry_run=options["dry_run"],
+                table=options["table"],
                 nodes_table=options["nodes_table"],
             )
         except LegacySourceError as exc:
@@ -49,19 +52,18 @@ class Command(BaseCommand):
             self.stdout.write(f"Dry run: nothing is written. Source: {report.source}")
         for outcome in report.outcomes:
             if outcome.action == "imported":
+                nodes = f"{outcome.nodes} node{'s' if outcome.nodes != 1 else ''}"
                 self.stdout.write(
-                    self.style.SUCCESS(f"{verb}: {outcome.name}")
-                    + f" ({outcome.nodes} node{'s' if outcome.nodes != 1 else ''}, initial master {outcome.initial_master})"
+                    self.style.SUCCESS(f"{verb}: {outcome.name}") + f" ({nodes}, initial master {outcome.initial_master})"
                 )
+                for note in outcome.notes:
+                    self.stdout.write(self.style.WARNING(f"    note: {outcome.name}: {note}"))
             elif outcome.action == "exists":
                 self.stdout.write(f"skipped: {outcome.name} (already present; left unchanged)")
             else:
                 self.stdout.write(self.style.ERROR(f"skipped: {outcome.name} (invalid)"))
                 for error in outcome.errors:
                     self.stdout.write(f"    {outcome.name}: {error}")
-            if outcome.action == "imported":
-                for note in outcome.notes:
-                    self.stdout.write(self.style.WARNING(f"    note: {outcome.name}: {note}"))
         self.stdout.write(
             f"Clusters: {report.count('imported')} {verb}, {report.count('exists')} already present, "
             f"{report.count('invalid')} invalid. "

@@ -25,7 +25,9 @@ class Command(BaseCommand):
             raise CommandError("--batch-size must be at least 1.")
 
         def report(result: ColumnRotation) -> None:
-            line = f"{result.label}: {result.rotated} re-encrypted, {result.current} already current, {result.empty} empty"
+            line = (
+                f"{result.label}: {result.rotated} re-encrypted, {result.current} already current, {result.empty} empty"
+            )
             if result.changed_meanwhile:
                 line += f", {result.changed_meanwhile} rewritten during the run"
             if result.unreadable:

@@ -40,7 +40,9 @@ class Agent:
         for url in self.supervisors():
             where = "Failed to validate connection to cluster at %s" % url
             try:
-                status, ca_pem = httputil.request(url + "/cacerts", ctx=httputil.client_context(verify=False), timeout=5)
+                status, ca_pem = httputil.request(
+                    url + "/cacerts", ctx=httputil.client_context(verify=False), timeout=5
+                )
             except OSError as exc:
                 log.error("%s: failed to get CA certs: %s" % (where, exc))
                 continue
@@ -57,8 +59,13 @@ class Agent:
             headers = {"rke2-Node-Name": self.name, "rke2-Node-Password": password}
             try:
                 status, data = httputil.request(
-                    url + "/v1-rke2/client-kubelet", method="POST", ctx=ctx, timeout=10, headers=headers,
-                    basic_auth=(token.user, token.password), body={"nodeName": self.name, "nodeIP": self.ip},
+                    url + "/v1-rke2/client-kubelet",
+                    method="POST",
+                    ctx=ctx,
+                    timeout=10,
+                    headers=headers,
+                    basic_auth=(token.user, token.password),
+                    body={"nodeName": self.name, "nodeIP": self.ip},
                 )
             except OSError as exc:
                 log.error("%s: %s" % (where, exc))
@@ -67,8 +74,10 @@ class Agent:
                 log.error("%s: token rejected by the server: 401 Unauthorized (wrong token?)" % where)
                 continue
             if status != 200:
-                log.error("Waiting to retrieve agent configuration from %s: %d %s"
-                          % (url, status, data.decode(errors="replace").strip()[:300]))
+                log.error(
+                    "Waiting to retrieve agent configuration from %s: %d %s"
+                    % (url, status, data.decode(errors="replace").strip()[:300])
+                )
                 continue
             return url, json.loads(data)
         return None, None
@@ -133,8 +142,14 @@ class Agent:
         if self.external_ips:
             annotations["rke2.io/external-ip"] = ",".join(self.external_ips)
         return node.NodeInfo(
-            self.name, self.ip, self.external_ips, "agent", self.build.VERSION,
-            node.parse_labels(self.cfg.get("node-label")), node.parse_taints(self.cfg.get("node-taint")), annotations,
+            self.name,
+            self.ip,
+            self.external_ips,
+            "agent",
+            self.build.VERSION,
+            node.parse_labels(self.cfg.get("node-label")),
+            node.parse_taints(self.cfg.get("node-taint")),
+            annotations,
         )
 
     def shutdown(self):

@@ -65,7 +65,14 @@ DISCOVERY = {
         _resource("leases", "lease", "Lease", True, ALL_VERBS),
     ],
     "policy/v1": [
-        _resource("poddisruptionbudgets", "poddisruptionbudget", "PodDisruptionBudget", True, ["get", "list", "watch"], ["pdb"]),
+        _resource(
+            "poddisruptionbudgets",
+            "poddisruptionbudget",
+            "PodDisruptionBudget",
+            True,
+            ["get", "list", "watch"],
+            ["pdb"],
+        ),
     ],
 }
 
@@ -74,7 +81,10 @@ STORED = {
     ("", "nodes"): {"prefix": NODE_PREFIX, "kind": "Node", "apiVersion": "v1", "namespaced": False},
     ("", "pods"): {"prefix": POD_PREFIX, "kind": "Pod", "apiVersion": "v1", "namespaced": True},
     ("coordination.k8s.io", "leases"): {
-        "prefix": LEASE_PREFIX, "kind": "Lease", "apiVersion": "coordination.k8s.io/v1", "namespaced": True,
+        "prefix": LEASE_PREFIX,
+        "kind": "Lease",
+        "apiVersion": "coordination.k8s.io/v1",
+        "namespaced": True,
     },
     ("apps", "daemonsets"): {"prefix": DS_PREFIX, "kind": "DaemonSet", "apiVersion": "apps/v1", "namespaced": True},
 }
@@ -318,10 +328,14 @@ class API:
                 "containers": [{"name": c, "image": "rancher/hardened-%s" % c} for c in containers],
                 "hostNetwork": host_network,
                 "priorityClassName": "system-node-critical" if host_network else "system-cluster-critical",
-                "tolerations": [{"operator": "Exists"}] if host_network else [
-                    {"key": "CriticalAddonsOnly", "operator": "Exists"},
-                    {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
-                ],
+                "tolerations": (
+                    [{"operator": "Exists"}]
+                    if host_network
+                    else [
+                        {"key": "CriticalAddonsOnly", "operator": "Exists"},
+                        {"key": "node-role.kubernetes.io/control-plane", "operator": "Exists", "effect": "NoSchedule"},
+                    ]
+                ),
                 "volumes": volumes or [],
             },
             "status": {"phase": "Pending"},
@@ -369,15 +383,24 @@ class API:
         components = ["kube-proxy"]
         if labels.get("node-role.kubernetes.io/control-plane") == "true":
             components = [
-                "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-                "cloud-controller-manager", "kube-proxy",
+                "etcd",
+                "kube-apiserver",
+                "kube-controller-manager",
+                "kube-scheduler",
+                "cloud-controller-manager",
+                "kube-proxy",
             ]
         desc = STORED[("", "pods")]
         for component in components:
             pod = self._pod(
-                "%s-%s" % (component, name), "kube-system", node, owner, {"component": component, "tier": "control-plane"},
-                [component], True, annotations={MIRROR_ANNOTATION: k8s.new_uid().replace("-", ""),
-                                                "kubernetes.io/config.source": "file"},
+                "%s-%s" % (component, name),
+                "kube-system",
+                node,
+                owner,
+                {"component": component, "tier": "control-plane"},
+                [component],
+                True,
+                annotations={MIRROR_ANNOTATION: k8s.new_uid().replace("-", ""), "kubernetes.io/config.source": "file"},
             )
             try:
                 self.create_obj(desc, pod)
@@ -394,18 +417,31 @@ class API:
         node_name = node["metadata"]["name"]
         for pod in pods:
             ref = (pod["metadata"].get("ownerReferences") or [{}])[0]
-            if ref.get("kind") == "DaemonSet" and ref.get("uid") == ds["metadata"]["uid"] and (
-                pod["spec"].get("nodeName") == node_name
+            if (
+                ref.get("kind") == "DaemonSet"
+                and ref.get("uid") == ds["metadata"]["uid"]
+                and (pod["spec"].get("nodeName") == node_name)
             ):
                 return
         ds_name = ds["metadata"]["name"]
         owner = {
-            "apiVersion": "apps/v1", "kind": "DaemonSet", "name": ds_name, "uid": ds["metadata"]["uid"],
-            "controller": True, "blockOwnerDeletion": True,
+            "apiVersion": "apps/v1",
+            "kind": "DaemonSet",
+            "name": ds_name,
+            "uid": ds["metadata"]["uid"],
+            "controller": True,
+            "blockOwnerDeletion": True,
         }
         labels = dict(ds["spec"]["selector"]["matchLabels"])
-        pod = self._pod("%s-%s" % (ds_name, _suffix()), ds["metadata"]["namespace"], node, owner, labels,
-                        [c["name"] for c in ds["spec"]["template"]["spec"]["containers"]], True)
+        pod = self._pod(
+            "%s-%s" % (ds_name, _suffix()),
+            ds["metadata"]["namespace"],
+            node,
+            owner,
+            labels,
+            [c["name"] for c in ds["spec"]["template"]["spec"]["containers"]],
+            True,
+        )
         self.create_obj(STORED[("", "pods")], pod)
 
     def bootstrap_addons(self, cni):
@@ -439,11 +475,23 @@ class API:
         ):
             rs_name = "%s-%s" % (deploy, _hexsuffix())
             owner = {
-                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": rs_name, "uid": k8s.new_uid(),
-                "controller": True, "blockOwnerDeletion": True,
+                "apiVersion": "apps/v1",
+                "kind": "ReplicaSet",
+                "name": rs_name,
+                "uid": k8s.new_uid(),
+                "controller": True,
+                "blockOwnerDeletion": True,
             }
-            pod = self._pod("%s-%s" % (rs_name, _suffix()), "kube-system", None, owner, labels, [deploy.split("-")[1]],
-                            False, volumes=volumes)
+            pod = self._pod(
+                "%s-%s" % (rs_name, _suffix()),
+                "kube-system",
+                None,
+                owner,
+                labels,
+                [deploy.split("-")[1]],
+                False,
+                volumes=volumes,
+            )
             self.create_obj(pod_desc, pod)
 
     def schedulable_nodes(self):
@@ -455,7 +503,8 @@ class API:
             if node.get("spec", {}).get("unschedulable") or not self.node_ready(node):
                 continue
             blocking = [
-                t for t in node.get("spec", {}).get("taints", []) or []
+                t
+                for t in node.get("spec", {}).get("taints", []) or []
                 if t.get("effect") in ("NoSchedule", "NoExecute")
                 and t.get("key") not in ("CriticalAddonsOnly", "node-role.kubernetes.io/control-plane")
             ]
@@ -585,13 +634,28 @@ class Handler(httputil.JSONHandler):
         if path == "/version":
             return self.send_json(200, api.version_info)
         if path == "/api":
-            return self.send_json(200, {"kind": "APIVersions", "versions": ["v1"], "serverAddressByClientCIDRs": [
-                {"clientCIDR": "0.0.0.0/0", "serverAddress": "%s:6443" % (api.local_node or {}).get("ip", "127.0.0.1")}
-            ]})
+            return self.send_json(
+                200,
+                {
+                    "kind": "APIVersions",
+                    "versions": ["v1"],
+                    "serverAddressByClientCIDRs": [
+                        {
+                            "clientCIDR": "0.0.0.0/0",
+                            "serverAddress": "%s:6443" % (api.local_node or {}).get("ip", "127.0.0.1"),
+                        }
+                    ],
+                },
+            )
         if path == "/apis":
-            return self.send_json(200, {"kind": "APIGroupList", "apiVersion": "v1", "groups": [
-                self.group_entry(gv) for gv in DISCOVERY if "/" in gv
-            ]})
+            return self.send_json(
+                200,
+                {
+                    "kind": "APIGroupList",
+                    "apiVersion": "v1",
+                    "groups": [self.group_entry(gv) for gv in DISCOVERY if "/" in gv],
+                },
+            )
         parts = path.strip("/").split("/")
         if parts[0] == "apis" and len(parts) == 2:
             gvs = [gv for gv in DISCOVERY if gv.split("/")[0] == parts[1]]
@@ -604,9 +668,15 @@ class Handler(httputil.JSONHandler):
             gv = "/".join(parts[1:])
             if gv not in DISCOVERY:
                 raise k8s.APIError(404, "the server could not find the requested resource")
-            return self.send_json(200, {
-                "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": DISCOVERY[gv],
-            })
+            return self.send_json(
+                200,
+                {
+                    "kind": "APIResourceList",
+                    "apiVersion": "v1",
+                    "groupVersion": gv,
+                    "resources": DISCOVERY[gv],
+                },
+            )
         parsed = _parse_path(path)
         if parsed is None:
             raise k8s.APIError(404, "the server could not find the requested resource")
@@ -627,8 +697,10 @@ class Handler(httputil.JSONHandler):
             checks.append(("etcd", False))
         ok = all(flag for _, flag in checks)
         if "verbose" in self.query:
-            lines = ["[%s]%s ok" % ("+" if flag else "-", name) if flag else "[-]%s failed: reason withheld" % name
-                     for name, flag in checks]
+            lines = [
+                "[%s]%s ok" % ("+" if flag else "-", name) if flag else "[-]%s failed: reason withheld" % name
+                for name, flag in checks
+            ]
             lines.append("readyz check passed" if ok else "readyz check failed")
             text = "\n".join(lines) + "\n"
         else:
@@ -725,10 +797,7 @@ class Handler(httputil.JSONHandler):
                 self.api.render_node(node, leases)
         label_match = k8s.parse_label_selector(self.query.get("labelSelector"))
         field_match = k8s.parse_field_selector(self.query.get("fieldSelector"))
-        items = [
-            obj for obj in items
-            if label_match(obj.get("metadata", {}).get("labels")) and field_match(obj)
-        ]
+        items = [obj for obj in items if label_match(obj.get("metadata", {}).get("labels")) and field_match(obj)]
         items.sort(key=lambda o: (o["metadata"].get("namespace", ""), o["metadata"]["name"]))
         return items, rev
 
@@ -739,17 +808,29 @@ class Handler(httputil.JSONHandler):
     def send_list(self, kind, api_version, items, rev, resource):
         if self.wants_table():
             return self.send_json(200, self.table(resource, items, rev))
-        return self.send_json(200, {
-            "kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(rev)}, "items": items,
-        })
+        return self.send_json(
+            200,
+            {
+                "kind": kind,
+                "apiVersion": api_version,
+                "metadata": {"resourceVersion": str(rev)},
+                "items": items,
+            },
+        )
 
     def table(self, resource, items, rev):
         include = self.query.get("includeObject", "Metadata")
         if resource == "nodes":
             cols = [
-                k8s.column("Name", fmt="name"), k8s.column("Status"), k8s.column("Roles"), k8s.column("Age"),
-                k8s.column("Version"), k8s.column("Internal-IP", priority=1), k8s.column("External-IP", priority=1),
-                k8s.column("OS-Image", priority=1), k8s.column("Kernel-Version", priority=1),
+                k8s.column("Name", fmt="name"),
+                k8s.column("Status"),
+                k8s.column("Roles"),
+                k8s.column("Age"),
+                k8s.column("Version"),
+                k8s.column("Internal-IP", priority=1),
+                k8s.column("External-IP", priority=1),
+                k8s.column("OS-Image", priority=1),
+                k8s.column("Kernel-Version", priority=1),
                 k8s.column("Container-Runtime", priority=1),
             ]
             rows = []
@@ -758,23 +839,40 @@ class Handler(httputil.JSONHandler):
                 if node.get("spec", {}).get("unschedulable"):
                     status += ",SchedulingDisabled"
                 roles = sorted(
-                    k.split("/", 1)[1] for k in node["metadata"].get("labels", {})
+                    k.split("/", 1)[1]
+                    for k in node["metadata"].get("labels", {})
                     if k.startswith("node-role.kubernetes.io/") and k.split("/", 1)[1]
                 )
                 addrs = {a["type"]: a["address"] for a in node.get("status", {}).get("addresses", [])}
                 info = node.get("status", {}).get("nodeInfo", {})
-                rows.append((node, [
-                    node["metadata"]["name"], status, ",".join(roles) or "<none>", k8s.age(node),
-                    info.get("kubeletVersion", ""), addrs.get("InternalIP", "<none>"),
-                    addrs.get("ExternalIP", "<none>"), info.get("osImage", "<unknown>"),
-                    info.get("kernelVersion", "<unknown>"), info.get("containerRuntimeVersion", "<unknown>"),
-                ]))
+                rows.append(
+                    (
+                        node,
+                        [
+                            node["metadata"]["name"],
+                            status,
+                            ",".join(roles) or "<none>",
+                            k8s.age(node),
+                            info.get("kubeletVersion", ""),
+                            addrs.get("InternalIP", "<none>"),
+                            addrs.get("ExternalIP", "<none>"),
+                            info.get("osImage", "<unknown>"),
+                            info.get("kernelVersion", "<unknown>"),
+                            info.get("containerRuntimeVersion", "<unknown>"),
+                        ],
+                    )
+                )
             return k8s.table(cols, rows, rev, include)
         if resource == "pods":
             cols = [
-                k8s.column("Name", fmt="name"), k8s.column("Ready"), k8s.column("Status"),
-                k8s.column("Restarts", kind="string"), k8s.column("Age"), k8s.column("IP", priority=1),
-                k8s.column("Node", priority=1), k8s.column("Nominated Node", priority=1),
+                k8s.column("Name", fmt="name"),
+                k8s.column("Ready"),
+                k8s.column("Status"),
+                k8s.column("Restarts", kind="string"),
+                k8s.column("Age"),
+                k8s.column("IP", priority=1),
+                k8s.column("Node", priority=1),
+                k8s.column("Nominated Node", priority=1),
                 k8s.column("Readiness Gates", priority=1),
             ]
             rows = []
@@ -782,11 +880,22 @@ class Handler(httputil.JSONHandler):
                 statuses = pod.get("status", {}).get("containerStatuses", [])
                 total = len(pod.get("spec", {}).get("containers", []))
                 ready = sum(1 for s in statuses if s.get("ready"))
-                rows.append((pod, [
-                    pod["metadata"]["name"], "%d/%d" % (ready, total), pod.get("status", {}).get("phase", "Unknown"),
-                    "0", k8s.age(pod), pod.get("status", {}).get("podIP") or "<none>",
-                    pod.get("spec", {}).get("nodeName") or "<none>", "<none>", "<none>",
-                ]))
+                rows.append(
+                    (
+                        pod,
+                        [
+                            pod["metadata"]["name"],
+                            "%d/%d" % (ready, total),
+                            pod.get("status", {}).get("phase", "Unknown"),
+                            "0",
+                            k8s.age(pod),
+                            pod.get("status", {}).get("podIP") or "<none>",
+                            pod.get("spec", {}).get("nodeName") or "<none>",
+                            "<none>",
+                            "<none>",
+                        ],
+                    )
+                )
             return k8s.table(cols, rows, rev, include)
         cols = [k8s.column("Name", fmt="name"), k8s.column("Age")]
         return k8s.table(cols, [(o, [o["metadata"]["name"], k8s.age(o)]) for o in items], rev, include)
@@ -795,11 +904,19 @@ class Handler(httputil.JSONHandler):
         if method != "GET":
             raise k8s.APIError(405, "namespaces are read-only in this API server")
         objs = [
-            {"apiVersion": "v1", "kind": "Namespace",
-             "metadata": {"name": ns, "uid": "00000000-0000-0000-0000-%012d" % i, "resourceVersion": "1",
-                          "creationTimestamp": "2024-01-01T00:00:00Z",
-                          "labels": {"kubernetes.io/metadata.name": ns}},
-             "spec": {"finalizers": ["kubernetes"]}, "status": {"phase": "Active"}}
+            {
+                "apiVersion": "v1",
+                "kind": "Namespace",
+                "metadata": {
+                    "name": ns,
+                    "uid": "00000000-0000-0000-0000-%012d" % i,
+                    "resourceVersion": "1",
+                    "creationTimestamp": "2024-01-01T00:00:00Z",
+                    "labels": {"kubernetes.io/metadata.name": ns},
+                },
+                "spec": {"finalizers": ["kubernetes"]},
+                "status": {"phase": "Active"},
+            }
             for i, ns in enumerate(NAMESPACES)
         ]
         if name:
@@ -822,11 +939,14 @@ class Handler(httputil.JSONHandler):
                 if "status" in current:
                     return dict(patch, status=current["status"])
                 return patch
+
         else:
             expected = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
             if content_type == "application/json-patch+json":
+
                 def mutate(current):
                     return k8s.json_patch(current, patch)
+
             elif content_type in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
                 strategic = content_type == "application/strategic-merge-patch+json"
                 if not isinstance(patch, dict):
@@ -834,15 +954,21 @@ class Handler(httputil.JSONHandler):
 
                 def mutate(current):
                     return k8s.merge_patch(current, patch, strategic=strategic)
+
             else:
-                raise k8s.APIError(415, "the body of the request was in an unknown format - accepted media types "
-                                        "include: application/json-patch+json, application/merge-patch+json, "
-                                        "application/strategic-merge-patch+json")
+                raise k8s.APIError(
+                    415,
+                    "the body of the request was in an unknown format - accepted media types "
+                    "include: application/json-patch+json, application/merge-patch+json, "
+                    "application/strategic-merge-patch+json",
+                )
         if resource == "nodes":
+
             def strip_conditions(current, inner=mutate):
                 result = inner(current)
                 result.get("status", {}).pop("conditions", None)
                 return result
+
             updated = api.update_obj(desc, namespace, name, resource, strip_conditions, expected, dry_run)
             api.render_node(updated, api.leases())
             if not dry_run and not updated.get("spec", {}).get("unschedulable"):
@@ -869,7 +995,9 @@ class Handler(httputil.JSONHandler):
             return
         try:
             node, _ = self.api.get_obj(STORED[("", "nodes")], None, node_name, "nodes")
-            ds, _ = self.api.get_obj(STORED[("apps", "daemonsets")], pod["metadata"]["namespace"], ref["name"], "daemonsets")
+            ds, _ = self.api.get_obj(
+                STORED[("apps", "daemonsets")], pod["metadata"]["namespace"], ref["name"], "daemonsets"
+            )
         except k8s.APIError:
             return
         self.api.ensure_ds_pod(ds, node)

@@ -134,10 +134,19 @@ def etcd_snapshot(args):
     env = dict(os.environ, ETCDCTL_API="3")
     proc = subprocess.run(
         [
-            "etcdctl", "--endpoints=https://127.0.0.1:2379", "--cacert=%s/server-ca.crt" % tls,
-            "--cert=%s/server-client.crt" % tls, "--key=%s/server-client.key" % tls, "snapshot", "save", target,
+            "etcdctl",
+            "--endpoints=https://127.0.0.1:2379",
+            "--cacert=%s/server-ca.crt" % tls,
+            "--cert=%s/server-client.crt" % tls,
+            "--key=%s/server-client.key" % tls,
+            "snapshot",
+            "save",
+            target,
         ],
-        env=env, capture_output=True, text=True, check=False,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if proc.returncode != 0:
         log.error("etcd snapshot failed", error=proc.stderr.strip()[-500:])

@@ -115,9 +115,7 @@ class Client:
         if not isinstance(value, (bytes, str)):
             value = json.dumps(value, sort_keys=True)
         body = {
-            "compare": [
-                {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
-            ],
+            "compare": [{"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}],
             "success": [{"request_put": {"key": _b64(key), "value": _b64(value)}}],
         }
         resp = self.call("/v3/kv/txn", body)
@@ -130,9 +128,7 @@ class Client:
             resp = self.call("/v3/kv/deleterange", {"key": _b64(key)})
             return int(resp.get("deleted", 0))
         body = {
-            "compare": [
-                {"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}
-            ],
+            "compare": [{"key": _b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": str(mod_revision)}],
             "success": [{"request_delete_range": {"key": _b64(key)}}],
         }
         resp = self.call("/v3/kv/txn", body)
@@ -210,8 +206,11 @@ class Process:
         except (OSError, ValueError):
             return None
         cmd = _cmdline(pid)
-        if _pid_alive(pid) and cmd and os.path.basename(cmd[0].decode()) == "etcd" and (
-            ("--data-dir=%s" % self.data_dir).encode() in cmd
+        if (
+            _pid_alive(pid)
+            and cmd
+            and os.path.basename(cmd[0].decode()) == "etcd"
+            and (("--data-dir=%s" % self.data_dir).encode() in cmd)
         ):
             return pid
         return None

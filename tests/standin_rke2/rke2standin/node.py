@@ -221,8 +221,11 @@ def parse_taints(items):
 def redacted_args(role, cfg):
     args = [role]
     for key in sorted(cfg):
-        if key in ("token", "agent-token") or "secret" in key or key.startswith("etcd-s3-access") or (
-            key.startswith("etcd-s3-secret")
+        if (
+            key in ("token", "agent-token")
+            or "secret" in key
+            or key.startswith("etcd-s3-access")
+            or (key.startswith("etcd-s3-secret"))
         ):
             args.extend(["--" + key, "********"])
             continue
@@ -263,8 +266,13 @@ class NodeInfo:
                 boot_id = handle.read().strip()
         except OSError:
             boot_id = ""
-        capacity = {"cpu": cpus, "ephemeral-storage": "41152736Ki", "hugepages-2Mi": "0",
-                    "memory": "%dKi" % mem, "pods": "110"}
+        capacity = {
+            "cpu": cpus,
+            "ephemeral-storage": "41152736Ki",
+            "hugepages-2Mi": "0",
+            "memory": "%dKi" % mem,
+            "pods": "110",
+        }
         return {
             "addresses": addresses,
             "capacity": capacity,
@@ -296,11 +304,13 @@ class NodeInfo:
             "node.kubernetes.io/instance-type": "rke2",
         }
         if self.role == "server":
-            labels.update({
-                "node-role.kubernetes.io/control-plane": "true",
-                "node-role.kubernetes.io/etcd": "true",
-                "node-role.kubernetes.io/master": "true",
-            })
+            labels.update(
+                {
+                    "node-role.kubernetes.io/control-plane": "true",
+                    "node-role.kubernetes.io/etcd": "true",
+                    "node-role.kubernetes.io/master": "true",
+                }
+            )
         return labels
 
     def node_object(self):
@@ -334,8 +344,9 @@ class Kubelet:
         for endpoint in list(self.endpoints):
             headers = {"Content-Type": content_type} if content_type else None
             try:
-                status, data = httputil.request(endpoint + path, method=method, body=body, ctx=self.ctx,
-                                                headers=headers, timeout=10)
+                status, data = httputil.request(
+                    endpoint + path, method=method, body=body, ctx=self.ctx, headers=headers, timeout=10
+                )
             except OSError as exc:
                 last = exc
                 continue
@@ -373,10 +384,16 @@ class Kubelet:
         status, lease = self.call("GET", path + name)
         spec = {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": k8s.now_micro()}
         if status == 404:
-            self.call("POST", path[:-1], {
-                "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": name, "namespace": "kube-node-lease"}, "spec": spec,
-            })
+            self.call(
+                "POST",
+                path[:-1],
+                {
+                    "apiVersion": "coordination.k8s.io/v1",
+                    "kind": "Lease",
+                    "metadata": {"name": name, "namespace": "kube-node-lease"},
+                    "spec": spec,
+                },
+            )
         else:
             lease["spec"] = spec
             self.call("PUT", path + name, lease)

@@ -20,9 +20,7 @@ class PKIError(Exception):
 
 
 def _openssl(*args, input_text=None):
-    proc = subprocess.run(
-        ["openssl", *args], input=input_text, capture_output=True, text=True, check=False
-    )
+    proc = subprocess.run(["openssl", *args], input=input_text, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise PKIError("openssl %s failed: %s" % (args[0], proc.stderr.strip()))
     return proc.stdout
@@ -72,8 +70,18 @@ def ensure_ca(crt_path, key_path, cn_prefix):
                 + "subjectKeyIdentifier = hash\n"
             )
         cert = _openssl(
-            "req", "-new", "-x509", "-key", key_file, "-config", conf, "-extensions", "v3",
-            "-days", "3650", "-sha256",
+            "req",
+            "-new",
+            "-x509",
+            "-key",
+            key_file,
+            "-config",
+            conf,
+            "-extensions",
+            "v3",
+            "-days",
+            "3650",
+            "-sha256",
         )
     _write_private(key_path, key)
     _write_public(crt_path, cert)
@@ -121,9 +129,23 @@ def issue(ca_crt, ca_key, crt_path, key_path, cn, orgs=(), sans=(), server=True,
             handle.write(_MIN_CONF + dn)
         _openssl("req", "-new", "-key", key_file, "-config", conf, "-out", csr_file)
         cert = _openssl(
-            "x509", "-req", "-in", csr_file, "-CA", ca_crt, "-CAkey", ca_key,
-            "-set_serial", "0x" + secrets.token_hex(15), "-days", str(days), "-sha256",
-            "-extfile", ext_file, "-extensions", "v3",
+            "x509",
+            "-req",
+            "-in",
+            csr_file,
+            "-CA",
+            ca_crt,
+            "-CAkey",
+            ca_key,
+            "-set_serial",
+            "0x" + secrets.token_hex(15),
+            "-days",
+            str(days),
+            "-sha256",
+            "-extfile",
+            ext_file,
+            "-extensions",
+            "v3",
         )
     _write_private(key_path, key)
     _write_public(crt_path, cert)

@@ -14,8 +14,14 @@ from . import apiserver, config, etcd, httputil, log, node, pki, supervisor, yam
 KUBECTL = "/usr/bin/kubectl"
 DEFAULT_KUBECONFIG = "/etc/rancher/rke2/rke2.yaml"
 CA_FILES = (
-    "server-ca.crt", "server-ca.key", "client-ca.crt", "client-ca.key",
-    "etcd/server-ca.crt", "etcd/server-ca.key", "etcd/peer-ca.crt", "etcd/peer-ca.key",
+    "server-ca.crt",
+    "server-ca.key",
+    "client-ca.crt",
+    "client-ca.key",
+    "etcd/server-ca.crt",
+    "etcd/server-ca.key",
+    "etcd/peer-ca.crt",
+    "etcd/peer-ca.key",
 )
 
 
@@ -64,19 +70,42 @@ class Server:
 
     def etcd_client(self, endpoints=None):
         return etcd.Client(
-            endpoints or ["https://127.0.0.1:2379"], self.tls("etcd/server-ca.crt"),
-            self.tls("etcd/client.crt"), self.tls("etcd/client.key"),
+            endpoints or ["https://127.0.0.1:2379"],
+            self.tls("etcd/server-ca.crt"),
+            self.tls("etcd/client.crt"),
+            self.tls("etcd/client.key"),
         )
 
     def issue_etcd_certs(self):
         # No common name: etcd's JSON gateway would log a warning for every request made with a CN.
         sans = ["localhost", "127.0.0.1", self.ip, socket.gethostname(), self.name]
-        pki.issue(self.tls("etcd/server-ca.crt"), self.tls("etcd/server-ca.key"), self.tls("etcd/server-client.crt"),
-                  self.tls("etcd/server-client.key"), None, orgs=["etcd-server"], sans=sans)
-        pki.issue(self.tls("etcd/peer-ca.crt"), self.tls("etcd/peer-ca.key"), self.tls("etcd/peer-server-client.crt"),
-                  self.tls("etcd/peer-server-client.key"), None, orgs=["etcd-peer"], sans=sans)
-        pki.issue(self.tls("etcd/server-ca.crt"), self.tls("etcd/server-ca.key"), self.tls("etcd/client.crt"),
-                  self.tls("etcd/client.key"), None, orgs=["etcd-client"], server=False)
+        pki.issue(
+            self.tls("etcd/server-ca.crt"),
+            self.tls("etcd/server-ca.key"),
+            self.tls("etcd/server-client.crt"),
+            self.tls("etcd/server-client.key"),
+            None,
+            orgs=["etcd-server"],
+            sans=sans,
+        )
+        pki.issue(
+            self.tls("etcd/peer-ca.crt"),
+            self.tls("etcd/peer-ca.key"),
+            self.tls("etcd/peer-server-client.crt"),
+            self.tls("etcd/peer-server-client.key"),
+            None,
+            orgs=["etcd-peer"],
+            sans=sans,
+        )
+        pki.issue(
+            self.tls("etcd/server-ca.crt"),
+            self.tls("etcd/server-ca.key"),
+            self.tls("etcd/client.crt"),
+            self.tls("etcd/client.key"),
+            None,
+            orgs=["etcd-client"],
+            server=False,
+        )
 
     def etcd_args(self, initial_cluster=None, state=None):
         tls = self.paths.etcd_tls
@@ -122,8 +151,12 @@ class Server:
     # --- bootstrap / join ------------------------------------------------------------------------------
     def bootstrap(self):
         log.info("Bootstrapping new cluster: this node is the first server", node=self.name)
-        for name, cn in (("server-ca", "rke2-server-ca"), ("client-ca", "rke2-client-ca"),
-                         ("etcd/server-ca", "etcd-server-ca"), ("etcd/peer-ca", "etcd-peer-ca")):
+        for name, cn in (
+            ("server-ca", "rke2-server-ca"),
+            ("client-ca", "rke2-client-ca"),
+            ("etcd/server-ca", "etcd-server-ca"),
+            ("etcd/peer-ca", "etcd-peer-ca"),
+        ):
             pki.ensure_ca(self.tls(name + ".crt"), self.tls(name + ".key"), cn)
         ca_pem = pki.read(self.tls("server-ca.crt"))
         token = node.Token(self.cfg.get("token"), "server")
@@ -133,19 +166,24 @@ class Server:
         else:
             secret = token.password
             if token.ca_hash and token.ca_hash != node.ca_hash(ca_pem):
-                log.warning("token CA hash does not match the Cluster CA certificate hash; using the token password only")
+                log.warning(
+                    "token CA hash does not match the Cluster CA certificate hash; using the token password only"
+                )
         self.issue_etcd_certs()
         member = self.member_name()
         self.etcd_proc.start(self.etcd_args("%s=%s" % (member, self.peer_url), "new"))
         client = self.etcd_client()
         self.wait_etcd(client)
         critical = config.critical_values(self.cfg)
-        client.put(apiserver.CLUSTER_CONFIG_KEY, {
-            "critical": critical,
-            "cluster-cidr": self.cfg.get("cluster-cidr"),
-            "service-cidr": self.cfg.get("service-cidr"),
-            "cni": self.cfg.get("cni"),
-        })
+        client.put(
+            apiserver.CLUSTER_CONFIG_KEY,
+            {
+                "critical": critical,
+                "cluster-cidr": self.cfg.get("cluster-cidr"),
+                "service-cidr": self.cfg.get("service-cidr"),
+                "cni": self.cfg.get("cni"),
+            },
+        )
         api = apiserver.API(client, {}, self.knobs["RKE2_STANDIN_NODE_MONITOR_GRACE"])
         api.bootstrap_addons(self.cfg.get("cni") or [])
         log.info("etcd cluster bootstrapped", member=member)
@@ -165,7 +203,8 @@ class Server:
         local = config.critical_values(self.cfg)
         mismatches = [
             "%s (server: %s, local: %s)" % (key, json.dumps(boot["critical"].get(key)), json.dumps(local.get(key)))
-            for key in local if boot["critical"].get(key) != local.get(key)
+            for key in local
+            if boot["critical"].get(key) != local.get(key)
         ]
         if mismatches:
             log.fatal("critical configuration value mismatch between servers: " + "; ".join(mismatches))
@@ -197,8 +236,13 @@ class Server:
         ctx.check_hostname = False
         headers = {"rke2-Node-Name": self.name, "rke2-Node-Password": password}
         try:
-            status, data = httputil.request(url + "/v1-rke2/server-bootstrap", ctx=ctx, timeout=10,
-                                            basic_auth=(token.user, token.password), headers=headers)
+            status, data = httputil.request(
+                url + "/v1-rke2/server-bootstrap",
+                ctx=ctx,
+                timeout=10,
+                basic_auth=(token.user, token.password),
+                headers=headers,
+            )
         except OSError as exc:
             log.error("%s: %s" % (where, exc))
             return None
@@ -232,8 +276,10 @@ class Server:
                     member_id, members = client.member_add(self.peer_url, learner=True)
                 break
             except etcd.EtcdError as exc:
-                log.error("Failed to join etcd cluster: etcdserver: %s" % str(exc).replace("etcdserver: ", ""),
-                          retry="%gs" % self.retry)
+                log.error(
+                    "Failed to join etcd cluster: etcdserver: %s" % str(exc).replace("etcdserver: ", ""),
+                    retry="%gs" % self.retry,
+                )
             except etcd.EtcdUnavailable as exc:
                 log.error("Failed to join etcd cluster: %s" % exc)
             self.sleep(self.retry)
@@ -251,8 +297,11 @@ class Server:
                 log.fatal("etcd exited while joining the cluster", log=_tail(self.etcd_proc.log_file, 5))
             try:
                 client.member_promote(member_id)
-                log.info("Promoted etcd learner to voting member", name=self.member_name(),
-                         seconds="%.1f" % (time.time() - started))
+                log.info(
+                    "Promoted etcd learner to voting member",
+                    name=self.member_name(),
+                    seconds="%.1f" % (time.time() - started),
+                )
                 break
             except etcd.EtcdError as exc:
                 text = str(exc)
@@ -273,17 +322,47 @@ class Server:
         octets = service_cidr.split("/")[0].split(".")
         first_service_ip = "%s.%s.%s.%d" % (octets[0], octets[1], octets[2], int(octets[3]) + 1)
         sans = [
-            "kubernetes", "kubernetes.default", "kubernetes.default.svc", "kubernetes.default.svc." + domain,
-            "localhost", socket.gethostname(), self.name, "127.0.0.1", self.ip, first_service_ip,
-            *self.external_ips, *(self.cfg.get("tls-san") or []),
+            "kubernetes",
+            "kubernetes.default",
+            "kubernetes.default.svc",
+            "kubernetes.default.svc." + domain,
+            "localhost",
+            socket.gethostname(),
+            self.name,
+            "127.0.0.1",
+            self.ip,
+            first_service_ip,
+            *self.external_ips,
+            *(self.cfg.get("tls-san") or []),
         ]
-        pki.issue(self.tls("server-ca.crt"), self.tls("server-ca.key"), self.tls("serving-kube-apiserver.crt"),
-                  self.tls("serving-kube-apiserver.key"), "kube-apiserver", sans=sans, client=False)
+        pki.issue(
+            self.tls("server-ca.crt"),
+            self.tls("server-ca.key"),
+            self.tls("serving-kube-apiserver.crt"),
+            self.tls("serving-kube-apiserver.key"),
+            "kube-apiserver",
+            sans=sans,
+            client=False,
+        )
         if not os.path.exists(self.tls("client-admin.crt")):
-            pki.issue(self.tls("client-ca.crt"), self.tls("client-ca.key"), self.tls("client-admin.crt"),
-                      self.tls("client-admin.key"), "system:admin", orgs=["system:masters"], server=False)
-        pki.issue(self.tls("client-ca.crt"), self.tls("client-ca.key"), self.paths.kubelet_crt,
-                  self.paths.kubelet_key, "system:node:%s" % self.name, orgs=["system:nodes"], server=False)
+            pki.issue(
+                self.tls("client-ca.crt"),
+                self.tls("client-ca.key"),
+                self.tls("client-admin.crt"),
+                self.tls("client-admin.key"),
+                "system:admin",
+                orgs=["system:masters"],
+                server=False,
+            )
+        pki.issue(
+            self.tls("client-ca.crt"),
+            self.tls("client-ca.key"),
+            self.paths.kubelet_crt,
+            self.paths.kubelet_key,
+            "system:node:%s" % self.name,
+            orgs=["system:nodes"],
+            server=False,
+        )
         pki.write_public(self.paths.agent_ca, pki.read(self.tls("server-ca.crt")))
 
     def write_tokens(self, secret):
@@ -310,14 +389,25 @@ class Server:
 
         kubeconfig = {
             "apiVersion": "v1",
-            "clusters": [{"cluster": {"certificate-authority-data": b64("server-ca.crt"),
-                                      "server": "https://127.0.0.1:6443"}, "name": "default"}],
+            "clusters": [
+                {
+                    "cluster": {"certificate-authority-data": b64("server-ca.crt"), "server": "https://127.0.0.1:6443"},
+                    "name": "default",
+                }
+            ],
             "contexts": [{"context": {"cluster": "default", "user": "default"}, "name": "default"}],
             "current-context": "default",
             "kind": "Config",
             "preferences": {},
-            "users": [{"name": "default", "user": {"client-certificate-data": b64("client-admin.crt"),
-                                                    "client-key-data": b64("client-admin.key")}}],
+            "users": [
+                {
+                    "name": "default",
+                    "user": {
+                        "client-certificate-data": b64("client-admin.crt"),
+                        "client-key-data": b64("client-admin.key"),
+                    },
+                }
+            ],
         }
         node.write_file(path, yamlutil.dump(kubeconfig), mode=mode)
         log.info("Wrote kubeconfig", path=path)
@@ -341,9 +431,12 @@ class Server:
         grace = self.knobs["RKE2_STANDIN_NODE_MONITOR_GRACE"]
         info = apiserver.version_info(self.build.VERSION, self.build.COMMIT, self.build.GO_VERSION)
         api = apiserver.API(client, info, grace, local_node={"name": self.name, "ip": self.ip})
-        api_ctx = httputil.server_context(self.tls("serving-kube-apiserver.crt"), self.tls("serving-kube-apiserver.key"),
-                                          self.tls("client-ca.crt"))
-        sup_ctx = httputil.server_context(self.tls("serving-kube-apiserver.crt"), self.tls("serving-kube-apiserver.key"))
+        api_ctx = httputil.server_context(
+            self.tls("serving-kube-apiserver.crt"), self.tls("serving-kube-apiserver.key"), self.tls("client-ca.crt")
+        )
+        sup_ctx = httputil.server_context(
+            self.tls("serving-kube-apiserver.crt"), self.tls("serving-kube-apiserver.key")
+        )
         sup = supervisor.Supervisor(self.paths, secret, agent_secret, client, self.cluster_critical(client))
         for host in (self.ip, "127.0.0.1"):
             self.http_servers.append(httputil.TLSServer((host, 9345), supervisor.make_handler(sup), sup_ctx))
@@ -363,7 +456,13 @@ class Server:
         signal.signal(signal.SIGINT, self.stopper)
         node.clear_ready()
         log.info("Starting rke2 %s (%s)" % (self.build.VERSION, self.build.COMMIT))
-        for directory in (self.paths.server, self.paths.etcd_tls, self.paths.db, self.paths.logs("server"), self.paths.agent):
+        for directory in (
+            self.paths.server,
+            self.paths.etcd_tls,
+            self.paths.db,
+            self.paths.logs("server"),
+            self.paths.agent,
+        ):
             node.makedirs(directory, 0o700 if directory != self.paths.logs("server") else 0o755)
         existing = os.path.isdir(os.path.join(self.paths.etcd_data, "member"))
         if existing:
@@ -438,8 +537,14 @@ class Server:
         if self.external_ips:
             annotations["rke2.io/external-ip"] = ",".join(self.external_ips)
         return node.NodeInfo(
-            self.name, self.ip, self.external_ips, "server", self.build.VERSION,
-            node.parse_labels(self.cfg.get("node-label")), node.parse_taints(self.cfg.get("node-taint")), annotations,
+            self.name,
+            self.ip,
+            self.external_ips,
+            "server",
+            self.build.VERSION,
+            node.parse_labels(self.cfg.get("node-label")),
+            node.parse_taints(self.cfg.get("node-taint")),
+            annotations,
         )
 
     def shutdown(self):

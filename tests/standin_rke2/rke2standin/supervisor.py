@@ -45,8 +45,14 @@ class Supervisor:
         tls = self.paths.tls
         files = {}
         for rel in (
-            "server-ca.crt", "server-ca.key", "client-ca.crt", "client-ca.key",
-            "etcd/server-ca.crt", "etcd/server-ca.key", "etcd/peer-ca.crt", "etcd/peer-ca.key",
+            "server-ca.crt",
+            "server-ca.key",
+            "client-ca.crt",
+            "client-ca.key",
+            "etcd/server-ca.crt",
+            "etcd/server-ca.key",
+            "etcd/peer-ca.crt",
+            "etcd/peer-ca.key",
         ):
             files[rel] = pki.read(os.path.join(tls, rel))
         voters = [m for m in self.etcd.members() if not m["isLearner"] and m["clientURLs"]]
@@ -62,8 +68,14 @@ class Supervisor:
             crt = os.path.join(tmp, "client.crt")
             key = os.path.join(tmp, "client.key")
             pki.issue(
-                os.path.join(tls, "client-ca.crt"), os.path.join(tls, "client-ca.key"), crt, key,
-                "system:node:%s" % node_name, orgs=["system:nodes"], server=False, client=True,
+                os.path.join(tls, "client-ca.crt"),
+                os.path.join(tls, "client-ca.key"),
+                crt,
+                key,
+                "system:node:%s" % node_name,
+                orgs=["system:nodes"],
+                server=False,
+                client=True,
             )
             return pki.read(crt), pki.read(key)
 
@@ -82,7 +94,9 @@ class Handler(httputil.JSONHandler):
         path = urllib.parse.urlsplit(self.path).path
         try:
             if path == "/cacerts" and method == "GET":
-                return self.send_bytes(200, pki.read(os.path.join(sup.paths.tls, "server-ca.crt")).encode(), "text/plain")
+                return self.send_bytes(
+                    200, pki.read(os.path.join(sup.paths.tls, "server-ca.crt")).encode(), "text/plain"
+                )
             if path == "/ping" and method == "GET":
                 return self.send_bytes(200, b"pong", "text/plain")
             user, password = self.basic_auth()
@@ -111,12 +125,15 @@ class Handler(httputil.JSONHandler):
                     return None
                 crt, key = sup.issue_kubelet_cert(name, body.get("nodeIP"))
                 log.info("Issued kubelet client certificate", node=name, remote=self.client_address[0])
-                return self.send_json(200, {
-                    "cert": crt,
-                    "key": key,
-                    "serverCA": pki.read(os.path.join(sup.paths.tls, "server-ca.crt")),
-                    "apiservers": sup.apiservers(),
-                })
+                return self.send_json(
+                    200,
+                    {
+                        "cert": crt,
+                        "key": key,
+                        "serverCA": pki.read(os.path.join(sup.paths.tls, "server-ca.crt")),
+                        "apiservers": sup.apiservers(),
+                    },
+                )
             self.send_bytes(404, b"404 page not found\n", "text/plain")
         except (etcd.EtcdError, etcd.EtcdUnavailable) as exc:
             self.send_json(503, k8s.status(503, "etcd unavailable: %s" % exc))
@@ -137,7 +154,9 @@ class Handler(httputil.JSONHandler):
     def unauthorized(self, user):
         log.warning(
             "Rejected join request with invalid token",
-            remote=self.client_address[0], user=user or "<none>", path=self.path,
+            remote=self.client_address[0],
+            user=user or "<none>",
+            path=self.path,
         )
         self.send_bytes(401, b"Unauthorized\n", "text/plain", {"WWW-Authenticate": 'Basic realm="rke2"'})
 

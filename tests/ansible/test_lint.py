@@ -1,0 +1,59 @@
+"""The Ansible content passes ansible-lint's production profile and holds no Python."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .playbooks import ANSIBLE_DIR
+
+PLAYBOOKS = (
+    "preflight.yml", "initial_master.yml", "joining_masters.yml", "workers.yml", "all.yml", "scale_add.yml",
+    "scale_remove.yml", "upgrade.yml", "kubeconfig.yml", "uninstall.yml", "health.yml",
+)
+
+
+def test_every_operation_has_its_playbook() -> None:
+    assert sorted(path.name for path in ANSIBLE_DIR.glob("*.yml")) == sorted(PLAYBOOKS)
+
+
+def test_content_is_data_only() -> None:
+    assert [str(path) for path in ANSIBLE_DIR.rglob("*.py")] == []
+
+
+def test_roles_declare_their_arguments() -> None:
+    roles = sorted(path.name for path in (ANSIBLE_DIR / "roles").iterdir() if path.is_dir())
+    assert roles == ["rke2_agent", "rke2_common", "rke2_server"]
+    for role in roles:
+        assert (ANSIBLE_DIR / "roles" / role / "meta" / "argument_specs.yml").is_file(), role
+
+
+@pytest.mark.slow
+def test_ansible_lint_production_profile(tmp_path: Path) -> None:
+    executable = Path(sys.executable).with_name("ansible-lint")
+    if not executable.exists():
+        found = shutil.which("ansible-lint")
+        assert found, "ansible-lint is not installed (it is in requirements.txt)"
+        executable = Path(found)
+    env = {
+        "PATH": f"{executable.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+        "HOME": str(tmp_path),
+        "ANSIBLE_LOCAL_TEMP": str(tmp_path / "ansible-tmp"),
+        "NO_COLOR": "1",
+    }
+    completed = subprocess.run(
+        [str(executable), "--offline", "--profile", "production", "--nocolor", str(ANSIBLE_DIR)],
+        cwd=ANSIBLE_DIR.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stdout + completed.stderr
+    assert "Profile 'production' was required, and it passed." in completed.stdout + completed.stderr
