@@ -166,9 +166,9 @@ class InventoryRenderer:
 
         The stage group holds the live nodes of the stage's role(s) (``all``: every live node, each in the group
         of its role), narrowed to ``nodes`` (instances or primary keys) when given. API host: for
-        ``initial_master`` an already active other server if any (else none); for ``joining_masters`` the best
-        live server outside the group (normally the initial master); for ``workers`` and ``all`` the best live
-        server — "best" preferring active servers, then the initial master.
+        ``initial_master`` an active server if there is one (none before the first bootstrap); for
+        ``joining_masters`` the best live server outside the group (normally the initial master); for ``workers``
+        and ``all`` the best live server — "best" preferring active servers, then the initial master.
         """
         stage = str(stage)
         if stage not in _ROLES_OF_STAGE:
@@ -180,12 +180,11 @@ class InventoryRenderer:
             if nodes is None
             else ordered_subset(snapshot.nodes, nodes, allowed=eligible, what=f"stage {stage}")
         )
-        target_pks = {node.pk for node in targets}
-        others = [node for node in snapshot.live_servers if node.pk not in target_pks]
         if stage == "initial_master":
-            api_host = pick_api_host(others, require_active=True)
+            api_host = pick_api_host(snapshot.live_servers, require_active=True)
         elif stage == "joining_masters":
-            api_host = pick_api_host(others)
+            target_pks = {node.pk for node in targets}
+            api_host = pick_api_host([node for node in snapshot.live_servers if node.pk not in target_pks])
         else:
             api_host = pick_api_host(snapshot.live_servers)
         return _build(snapshot, stage_groups=_stage_groups(targets), api_host=api_host)

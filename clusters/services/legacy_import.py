@@ -29,7 +29,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-from ..choices import ClusterStatus, Cni, InstallationStage, NodeRole, NodeStatus
+from ..choices import ClusterStatus, InstallationStage, NodeRole, NodeStatus
 from ..exceptions import ApplicationError
 from ..models import Cluster, Node, generate_cluster_token
 from ..validators import RKE2_VERSION_RE
@@ -370,8 +370,6 @@ def _build_cluster(row: Mapping[str, Any], name: str, outcome: ClusterOutcome) -
     except (ValueError, TypeError) as exc:
         outcome.errors.append(f"a JSON column cannot be decoded ({exc}).")
         return None, []
-    if fields.get("cni") and fields["cni"] not in Cni.values:
-        outcome.errors.append(f"cni: {fields['cni']!r} is not one of {', '.join(Cni.values)}.")
 
     token = _text(_first(row, _TOKEN_KEYS))
     if token:
@@ -395,8 +393,10 @@ def _build_cluster(row: Mapping[str, Any], name: str, outcome: ClusterOutcome) -
         fields["kubeconfig"] = kubeconfig
 
     cluster = Cluster(**fields)
+    # The name was checked (and matched) by the caller; a missing version is reported above.
+    exclude = ["name"] if fields["rke2_version"] else ["name", "rke2_version"]
     try:
-        cluster.full_clean(exclude=["name"])  # the name was checked (and matched) by the caller
+        cluster.full_clean(exclude=exclude)
     except ValidationError as exc:
         outcome.errors.extend(_messages(exc, lambda key: "cluster" if key == "__all__" else key))
 
@@ -408,16 +408,17 @@ def _build_nodes(cluster: Cluster, raw_nodes: Any, outcome: ClusterOutcome, *, r
     if not isinstance(raw_nodes, list) or not raw_nodes:
         outcome.errors.append("no nodes in the source.")
         return []
+    errors: list[str] = []
     specs: list[dict[str, Any]] = []
     for position, raw in enumerate(raw_nodes, start=1):
         if not isinstance(raw, dict):
-            outcome.errors.append(f"node #{position}: not a mapping of node fields.")
+            errors.append(f"node #{position}: not a mapping of node fields.")
             continue
         hostname = _text(raw.get("hostname")).lower()
         label = f"node {hostname!r}" if hostname else f"node #{position}"
         role = _text(raw.get("role")).lower()
         if role not in _LEGACY_ROLES:
-            outcome.errors.append(f"{label} (role): {raw.get('role')!r} is not 'server' or 'agent'.")
+            errors.append(f"{label} (role): {raw.get('role')!r} is not 'server' or 'agent'.")
             continue
         spec = {
             "hostname": hostname,
@@ -429,12 +430,13 @@ def _build_nodes(cluster: Cluster, raw_nodes: Any, outcome: ClusterOutcome, *, r
         try:
             node_vars = _json_value(raw.get("node_vars"))
         except (ValueError, TypeError) as exc:
-            outcome.errors.append(f"{label} (node_vars): cannot be decoded ({exc}).")
+            errors.append(f"{label} (node_vars): cannot be decoded ({exc}).")
             continue
         if node_vars:
             spec["node_vars"] = node_vars
         specs.append(spec)
-    if outcome.errors:
+    if errors:
+        outcome.errors.extend(errors)
         return []
     specs = normalize_node_roles(specs)
     if not any(spec["role"] == NodeRole.INITIAL_MASTER for spec in specs):
@@ -451,19 +453,18 @@ def _build_nodes(cluster: Cluster, raw_nodes: Any, outcome: ClusterOutcome, *, r
         try:
             node.full_clean(exclude=["cluster"], validate_constraints=False)
         except ValidationError as exc:
-            outcome.errors.extend(
-                _messages(exc, lambda key, label=label: label if key == "__all__" else f"{label} ({key})")
-            )
+            errors.extend(_messages(exc, lambda key, label=label: label if key == "__all__" else f"{label} ({key})"))
             continue
         for key in ("hostname", "internal_ip"):
             value = str(getattr(node, key))
             if (key, value) in seen:
-                outcome.errors.append(f"{label} ({key}): {value} is also used by node {seen[(key, value)]!r}.")
+                errors.append(f"{label} ({key}): {value} is also used by node {seen[(key, value)]!r}.")
             seen[(key, value)] = node.hostname
         nodes.append(node)
         if node.role == NodeRole.INITIAL_MASTER:
             outcome.initial_master = node.hostname
-    return nodes
+    outcome.errors.extend(errors)
+    return [] if errors else nodes
 
 
 # Importing -------------------------------------------------------------------------------------------------------

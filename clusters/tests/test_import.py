@@ -232,6 +232,7 @@ def test_every_cluster_problem_is_named(tmp_path):
         {**base, "name": "badvars", "cluster_vars": json.dumps({"token": "x"})},
         {**base, "name": "nonodes", "nodes": []},
         {**base, "name": "spacetoken", "token": "has space in it"},
+        {**base, "name": "badcni", "cni": "weave", "nodes": [{"hostname": "x_y", "ip": "10.0.0.1", "role": "server"}]},
         "not an object",
         {**base, "name": "fine", "token": "short"},
         {**base, "name": "fine"},
@@ -250,10 +251,12 @@ def test_every_cluster_problem_is_named(tmp_path):
         "badvars: cluster_vars: 'token' cannot be set here",
         "nonodes: no nodes in the source.",
         "spacetoken: token: contains whitespace",
-        "#11: not a mapping of cluster fields.",
+        "badcni: cni: Value 'weave' is not a valid choice.",
+        "badcni: node 'x_y' (hostname): Enter a valid RFC 1123 host name",
+        "#12: not a mapping of cluster fields.",
         "fine: the source has another cluster with this name.",
         "note: fine: the token has only 5 characters; it is kept because the running cluster uses it.",
-        "Clusters: 1 imported, 0 already present, 12 invalid.",
+        "Clusters: 1 imported, 0 already present, 13 invalid.",
     ]
     for expected in expectations:
         assert expected in output, expected

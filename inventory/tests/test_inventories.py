@@ -52,10 +52,12 @@ def test_initial_master_stage(make_cluster):
 
 def test_initial_master_stage_names_an_already_running_server(make_cluster):
     cluster = make_cluster()
-    set_status(cluster, m3=NodeStatus.ACTIVE)
+    set_status(cluster, m1=NodeStatus.FAILED, m3=NodeStatus.ACTIVE)
     result = InventoryRenderer.render_for_stage(cluster, "initial_master")
     assert result.hosts("api_host") == ["m3"] and result.api_host == "m3"
     assert result.hosts("initial_master") == ["m1"]
+    set_status(cluster, m1=NodeStatus.ACTIVE)
+    assert InventoryRenderer.render_for_stage(cluster, "initial_master").api_host == "m1"
 
 
 def test_joining_masters_stage(make_cluster):

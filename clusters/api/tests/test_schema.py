@@ -152,7 +152,9 @@ schema.hook(flatmap_path_parameters)
 
 @pytest.mark.slow
 @schema.parametrize()
-@hypothesis.settings(max_examples=10, deadline=None, suppress_health_check=list(hypothesis.HealthCheck), derandomize=True)
+@hypothesis.settings(
+    max_examples=10, deadline=None, derandomize=True, database=None, suppress_health_check=list(hypothesis.HealthCheck)
+)
 def test_no_operation_fails_or_leaks(case, keep_connection, fuzz_data):
     """Every operation, with generated valid and invalid input, as an operator: never a 5xx, never a secret."""
     response = case.call(headers={"Authorization": f"Token {fuzz_data['token']}"})
