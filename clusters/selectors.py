@@ -204,7 +204,9 @@ def strip_ansi(text: str) -> str:
     return _ANSI_RE.sub("", text)
 
 
-def job_stdout_chunks(*, job: Job, ansi: bool = False, chunk_size: int = 2000, buffer_bytes: int = 64 * 1024) -> Iterator[str]:
+def job_stdout_chunks(
+    *, job: Job, ansi: bool = False, chunk_size: int = 2000, buffer_bytes: int = 64 * 1024
+) -> Iterator[str]:
     """The job's output as text, event by event in counter order, read with a server-side cursor ``chunk_size``
     rows at a time and yielded in pieces of about ``buffer_bytes``. Terminal escapes are removed unless ``ansi``."""
     rows = (

@@ -6,8 +6,9 @@ An inventory is a mapping (``{"all": {"vars": ..., "hosts": ..., "children": ...
 
 - ``rke2_servers`` / ``rke2_agents``: the hosts of this inventory by RKE2 type;
 - ``initial_master``, ``joining_masters``, ``workers``: the hosts the stage acts on;
-- ``api_host``: one healthy existing server for ``delegate_to`` kubectl calls (empty only when the cluster has no
-  running server yet: the ``initial_master`` stage); its name is also ``rke2_api_host`` ("" when there is none);
+- ``api_host``: one server for ``delegate_to`` kubectl calls, never a master this inventory joins or removes,
+  active ones first (each method says which); empty only in the ``initial_master`` stage before any server runs.
+  Its name is also ``rke2_api_host`` ("" when there is none);
 - ``remove``: scale-in targets (``render_for_scale_remove`` only).
 
 All groups are always present (possibly empty), so ``groups['workers']`` etc. are always defined. Besides the

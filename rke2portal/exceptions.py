@@ -30,7 +30,14 @@ from rest_framework.views import set_rollback
 
 from clusters.exceptions import ApplicationError
 
-__all__ = ["NON_FIELD_KEY", "api_exception_handler", "api_not_found", "api_server_error", "error_body", "flatten_errors"]
+__all__ = [
+    "NON_FIELD_KEY",
+    "api_exception_handler",
+    "api_not_found",
+    "api_server_error",
+    "error_body",
+    "flatten_errors",
+]
 
 NON_FIELD_KEY = "non_field_errors"
 API_PREFIX = "/api/"
@@ -101,7 +108,8 @@ def api_exception_handler(exc: Exception, context: Mapping[str, Any]) -> Respons
     if isinstance(exc, DjangoValidationError):
         set_rollback()
         errors = _django_errors(exc)
-        return Response(error_body("validation_error", _validation_message(errors), errors), status=status.HTTP_400_BAD_REQUEST)
+        body = error_body("validation_error", _validation_message(errors), errors)
+        return Response(body, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, Http404):
         exc = exceptions.NotFound()
     elif isinstance(exc, PermissionDenied):

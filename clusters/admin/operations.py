@@ -40,7 +40,7 @@ CANCEL_JOB = "clusters.change_job"
 DOWNLOAD_KUBECONFIG = "clusters.download_kubeconfig"
 
 
-def removal_warnings(cluster: Cluster, targets: list[Node], live: list[Node]) -> list[str]:
+def removal_warnings(targets: list[Node], live: list[Node]) -> list[str]:
     """What removing ``targets`` does to the cluster's etcd quorum, in words."""
     installed_servers = [n for n in live if n.role in SERVER_ROLES and n.status != NodeStatus.PENDING]
     leaving = [n for n in targets if n.role in SERVER_ROLES and n.status != NodeStatus.PENDING]
@@ -272,7 +272,7 @@ class ClusterOperationsMixin:
             form=form,
             targets=targets,
             unknown=unknown,
-            warnings=removal_warnings(cluster, targets, removable),
+            warnings=removal_warnings(targets, removable),
             needs_job=any(node.status != NodeStatus.PENDING for node in targets),
         )
 

@@ -30,7 +30,7 @@ class ClusterFilter(django_filters.FilterSet):
 
     class Meta:
         model = Cluster
-        fields = ["name", "status"]
+        fields = ("name", "status")
 
 
 class NodeFilter(django_filters.FilterSet):
@@ -39,7 +39,7 @@ class NodeFilter(django_filters.FilterSet):
 
     class Meta:
         model = Node
-        fields = ["role", "status"]
+        fields = ("role", "status")
 
 
 class JobFilter(django_filters.FilterSet):
@@ -49,4 +49,4 @@ class JobFilter(django_filters.FilterSet):
 
     class Meta:
         model = Job
-        fields = ["cluster", "kind", "status"]
+        fields = ("cluster", "kind", "status")

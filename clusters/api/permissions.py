@@ -14,7 +14,7 @@ from typing import Any
 from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
-__all__ = ["ActionPermissions", "DEFAULT_ACTIONS"]
+__all__ = ["DEFAULT_ACTIONS", "ActionPermissions"]
 
 # Permission verbs of the standard viewset actions, on the view's model.
 DEFAULT_ACTIONS: Mapping[str, str] = {

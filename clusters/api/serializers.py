@@ -9,19 +9,28 @@ the kubeconfig (which has its own download endpoint) are write-only or absent.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 from django.urls import reverse
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema_field
+from drf_spectacular.utils import extend_schema_field, extend_schema_serializer
 from rest_framework import serializers
 
 from inventory.renderers import STAGES
 
-from ..choices import LIVE_NODE_STATUSES, ClusterStatus, Cni, InstallationStage, JobKind, JobStatus, NodeRole, NodeStatus
+from ..choices import (
+    LIVE_NODE_STATUSES,
+    ClusterStatus,
+    Cni,
+    InstallationStage,
+    JobKind,
+    JobStatus,
+    NodeRole,
+    NodeStatus,
+)
 from ..models import SSHCredential
-from ..services.clusters import cluster_warnings
 from ..selectors import EVENTS_PAGE_DEFAULT_LIMIT, EVENTS_PAGE_MAX_LIMIT
+from ..services.clusters import cluster_warnings
 
 __all__ = [
     "ClusterCreateInput",
@@ -36,8 +45,8 @@ __all__ = [
     "EventsPageOutput",
     "EventsQueryInput",
     "InstallInput",
-    "JobOutput",
     "InventoryQueryInput",
+    "JobOutput",
     "NodeConfigPreviewOutput",
     "NodeInput",
     "NodeOutput",
@@ -104,7 +113,9 @@ def _check_json(value: Any, depth: int = 0) -> None:
 class RKE2ConfigField(serializers.JSONField):
     """A mapping of extra RKE2 ``config.yaml`` keys; the model's validator checks the keys and values."""
 
-    default_error_messages = {"not_a_dict": "Expected a mapping of RKE2 configuration keys to values."}
+    default_error_messages: ClassVar[dict[str, str]] = {
+        "not_a_dict": "Expected a mapping of RKE2 configuration keys to values."
+    }
 
     def to_internal_value(self, data: Any) -> Any:
         value = super().to_internal_value(data)
@@ -126,7 +137,7 @@ class StrictCharField(serializers.CharField):
 class StrictBooleanField(serializers.BooleanField):
     """A boolean that must be given as JSON ``true``/``false``, so a typo never reads as a decision."""
 
-    default_error_messages = {"invalid": "Must be true or false."}
+    default_error_messages: ClassVar[dict[str, str]] = {"invalid": "Must be true or false."}
 
     def to_internal_value(self, data: Any) -> bool:
         if not isinstance(data, bool):
@@ -152,6 +163,7 @@ def enum_field(choices: type[Any], component: str, **kwargs: Any) -> serializers
 # --- errors -----------------------------------------------------------------------------------------------------
 
 
+@extend_schema_serializer(component_name="Error")
 class ErrorOutput(serializers.Serializer):
     """Every error response: a stable ``code``, a ``message`` for people, per-field ``errors`` and ``extra``
     details (such as the conflicting job)."""
@@ -169,6 +181,7 @@ class ErrorOutput(serializers.Serializer):
 # --- credentials ------------------------------------------------------------------------------------------------
 
 
+@extend_schema_serializer(component_name="CredentialCreate")
 class CredentialCreateInput(serializers.Serializer):
     name = StrictCharField(max_length=100)
     username = StrictCharField(max_length=64, required=False)
@@ -185,6 +198,7 @@ class CredentialCreateInput(serializers.Serializer):
     known_hosts = StrictCharField(max_length=MAX_KEY_TEXT, required=False, allow_blank=True, trim_whitespace=False)
 
 
+@extend_schema_serializer(component_name="CredentialUpdate")
 class CredentialUpdateInput(CredentialCreateInput):
     """Secrets that are omitted are kept; a new ``private_key`` replaces the passphrase (empty unless given)."""
 
@@ -194,6 +208,7 @@ class CredentialUpdateInput(CredentialCreateInput):
     )
 
 
+@extend_schema_serializer(component_name="Credential")
 class CredentialOutput(serializers.Serializer):
     id = serializers.IntegerField(read_only=True)
     name = serializers.CharField()
@@ -211,6 +226,7 @@ class CredentialOutput(serializers.Serializer):
 # --- nodes ------------------------------------------------------------------------------------------------------
 
 
+@extend_schema_serializer(component_name="NodeSpec")
 class NodeInput(serializers.Serializer):
     hostname = StrictCharField(max_length=253, help_text="RFC 1123 host name; also the Kubernetes node name.")
     internal_ip = StrictCharField(max_length=64)
@@ -226,6 +242,7 @@ class NodeInput(serializers.Serializer):
     node_vars = RKE2ConfigField(required=False)
 
 
+@extend_schema_serializer(component_name="Node")
 class NodeOutput(serializers.Serializer):
     id = serializers.IntegerField()
     hostname = serializers.CharField()
@@ -251,6 +268,7 @@ class NodeOutput(serializers.Serializer):
 # --- clusters ---------------------------------------------------------------------------------------------------
 
 
+@extend_schema_serializer(component_name="ClusterUpdate")
 class ClusterUpdateInput(serializers.Serializer):
     name = StrictCharField(max_length=63)
     description = StrictCharField(max_length=MAX_TEXT, required=False, allow_blank=True)
@@ -269,10 +287,12 @@ class ClusterUpdateInput(serializers.Serializer):
     )
 
 
+@extend_schema_serializer(component_name="ClusterCreate")
 class ClusterCreateInput(ClusterUpdateInput):
     nodes = NodeInput(many=True, required=False, max_length=MAX_NODES_PER_REQUEST)
 
 
+@extend_schema_serializer(component_name="Cluster")
 class ClusterOutput(serializers.Serializer):
     id = serializers.IntegerField()
     url = serializers.SerializerMethodField()
@@ -305,6 +325,7 @@ class ClusterOutput(serializers.Serializer):
         return _absolute(self.context, reverse("clusters-api:cluster-detail", args=[cluster.pk]))
 
 
+@extend_schema_serializer(component_name="ClusterDetail")
 class ClusterDetailOutput(ClusterOutput):
     nodes = NodeOutput(source="cluster_nodes.all", many=True)
     warnings = serializers.SerializerMethodField(
@@ -320,6 +341,7 @@ class ClusterDetailOutput(ClusterOutput):
 # --- jobs -------------------------------------------------------------------------------------------------------
 
 
+@extend_schema_serializer(component_name="Job")
 class JobOutput(serializers.Serializer):
     id = serializers.IntegerField()
     public_id = serializers.UUIDField()
@@ -359,6 +381,7 @@ class StdoutQueryInput(serializers.Serializer):
     ansi = serializers.BooleanField(required=False, default=False)
 
 
+@extend_schema_serializer(component_name="JobEvent")
 class _EventOutput(serializers.Serializer):
     counter = serializers.IntegerField()
     event = serializers.CharField()
@@ -371,6 +394,7 @@ class _EventOutput(serializers.Serializer):
     created = serializers.DateTimeField(allow_null=True)
 
 
+@extend_schema_serializer(component_name="HostCounts")
 class _HostCountsOutput(serializers.Serializer):
     ok = serializers.IntegerField()
     changed = serializers.IntegerField()
@@ -378,6 +402,7 @@ class _HostCountsOutput(serializers.Serializer):
     unreachable = serializers.IntegerField()
 
 
+@extend_schema_serializer(component_name="JobProgress")
 class _JobStateOutput(serializers.Serializer):
     id = serializers.IntegerField()
     status = enum_field(JobStatus, "JobStatus")
@@ -388,6 +413,7 @@ class _JobStateOutput(serializers.Serializer):
     host_counts = _HostCountsOutput()
 
 
+@extend_schema_serializer(component_name="JobEventsPage")
 class EventsPageOutput(serializers.Serializer):
     """Documentation of the events page; the selector builds the data itself."""
 
@@ -419,26 +445,31 @@ class _JobOptions(serializers.Serializer):
         return params
 
 
+@extend_schema_serializer(component_name="JobOptions")
 class PreflightInput(_JobOptions):
     pass
 
 
+@extend_schema_serializer(component_name="Install")
 class InstallInput(_JobOptions):
     resume = StrictBooleanField(
         required=False, default=False, help_text="Resume the last failed install at the stage where it stopped."
     )
 
 
+@extend_schema_serializer(component_name="Upgrade")
 class UpgradeInput(_JobOptions):
     target_version = StrictCharField(max_length=64, help_text="e.g. v1.32.1+rke2r1")
     allow_downgrade = StrictBooleanField(required=False, default=False)
     allow_minor_skip = StrictBooleanField(required=False, default=False)
 
 
+@extend_schema_serializer(component_name="Uninstall")
 class UninstallInput(_JobOptions):
     confirm = StrictCharField(max_length=63, help_text="The cluster's name, to confirm.")
 
 
+@extend_schema_serializer(component_name="ScaleOut")
 class ScaleOutInput(_JobOptions):
     nodes = NodeInput(many=True, min_length=1, max_length=MAX_NODES_PER_REQUEST)
 
@@ -448,12 +479,14 @@ class ScaleOutInput(_JobOptions):
         return params
 
 
+@extend_schema_serializer(component_name="ScaleIn")
 class ScaleInInput(_JobOptions):
     hostnames = serializers.ListField(
         child=StrictCharField(max_length=253), min_length=1, max_length=MAX_NODES_PER_REQUEST
     )
     ungraceful = StrictBooleanField(
-        required=False, default=False, help_text="The hosts are gone: remove the nodes from Kubernetes without draining."
+        required=False, default=False,
+        help_text="The hosts are gone: remove the nodes from Kubernetes without draining.",
     )
 
     def to_params(self) -> dict[str, Any]:
@@ -462,11 +495,13 @@ class ScaleInInput(_JobOptions):
         return params
 
 
+@extend_schema_serializer(component_name="ScaleOutResult")
 class ScaleOutOutput(serializers.Serializer):
     nodes = NodeOutput(many=True)
     job = JobOutput()
 
 
+@extend_schema_serializer(component_name="ScaleInResult")
 class ScaleInOutput(serializers.Serializer):
     nodes = NodeOutput(many=True)
     job = JobOutput(allow_null=True, help_text="Null when every node was removed at once (none was installed).")
@@ -481,6 +516,7 @@ class InventoryQueryInput(serializers.Serializer):
     )
 
 
+@extend_schema_serializer(component_name="ClusterPreview")
 class ClusterPreviewOutput(serializers.Serializer):
     inventories = serializers.DictField(
         child=serializers.CharField(), help_text="Inventory YAML by stage; secrets are never in an inventory."
@@ -494,6 +530,7 @@ class ClusterPreviewOutput(serializers.Serializer):
     )
 
 
+@extend_schema_serializer(component_name="NodeConfigPreview")
 class NodeConfigPreviewOutput(serializers.Serializer):
     hostname = serializers.CharField()
     config = serializers.CharField(help_text="The node's RKE2 config.yaml; the token is masked.")

@@ -6,7 +6,8 @@ the request's transaction has committed. Errors are rendered by :mod:`rke2portal
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import HttpResponse, StreamingHttpResponse
@@ -81,15 +82,15 @@ class FirstRendererNegotiation(BaseContentNegotiation):
 class APIViewSet(viewsets.GenericViewSet):
     """Base of the API's viewsets: JSON only, permission per action, standard pagination and error shape."""
 
-    permission_classes = [ActionPermissions]
-    parser_classes = [JSONBodyParser]
-    renderer_classes = [JSONRenderer]
+    permission_classes = (ActionPermissions,)
+    parser_classes = (JSONBodyParser,)
+    renderer_classes = (JSONRenderer,)
     content_negotiation_class = FirstRendererNegotiation
     pagination_class = StandardPagination
     metadata_class = None
     lookup_value_regex = PK_REGEX
     permission_model: type | None = None
-    action_permissions: dict[str, list[str]] = {}
+    action_permissions: ClassVar[Mapping[str, Sequence[str]]] = {}
 
     def get_exception_handler(self) -> Any:
         return api_exception_handler
@@ -134,7 +135,9 @@ def _job_action(
 
 @extend_schema_view(
     list=extend_schema(summary="List clusters", responses={200: s.ClusterOutput(many=True), **LIST_ERRORS}),
-    retrieve=extend_schema(summary="Show a cluster and its nodes", responses={200: s.ClusterDetailOutput, **READ_ERRORS}),
+    retrieve=extend_schema(
+        summary="Show a cluster and its nodes", responses={200: s.ClusterDetailOutput, **READ_ERRORS}
+    ),
     create=extend_schema(
         summary="Create a cluster with its nodes",
         description="Creates the cluster and its nodes (all pending) in one transaction; nothing is installed yet. "
@@ -159,10 +162,10 @@ def _job_action(
 )
 class ClusterViewSet(APIViewSet):
     permission_model = Cluster
-    filter_backends = [DjangoFilterBackend]
+    filter_backends = (DjangoFilterBackend,)
     filterset_class = ClusterFilter
     serializer_class = s.ClusterOutput
-    action_permissions = {
+    action_permissions: ClassVar[Mapping[str, Sequence[str]]] = {
         "scale_add": ["clusters.add_node", "clusters.add_job"],
         "scale_remove": ["clusters.change_node", "clusters.add_job"],
         "install": ["clusters.add_job"],
@@ -299,7 +302,9 @@ class ClusterViewSet(APIViewSet):
         description="The /etc/rancher/rke2/config.yaml the node would get, with the token masked. 404 when the "
         "cluster has no live node of that name.",
         responses={200: s.NodeConfigPreviewOutput, **READ_ERRORS}, filters=False,
-        parameters=[OpenApiParameter("hostname", OpenApiTypes.STR, OpenApiParameter.PATH, pattern=f"^{HOSTNAME_PATTERN}$")],
+        parameters=[
+            OpenApiParameter("hostname", OpenApiTypes.STR, OpenApiParameter.PATH, pattern=f"^{HOSTNAME_PATTERN}$")
+        ],
     )
     @action(detail=True, methods=["get"], url_path=rf"config/(?P<hostname>{HOSTNAME_PATTERN})", url_name="config")
     def config(self, request: Request, pk: str | None = None, hostname: str = "") -> Response:
@@ -337,10 +342,12 @@ class ClusterNodeViewSet(APIViewSet):
     """The nodes of one cluster (removed ones included), oldest first."""
 
     permission_model = Node
-    filter_backends = [DjangoFilterBackend]
+    filter_backends = (DjangoFilterBackend,)
     filterset_class = NodeFilter
     serializer_class = s.NodeOutput
-    action_permissions = {"list": ["clusters.view_cluster", "clusters.view_node"]}
+    action_permissions: ClassVar[Mapping[str, Sequence[str]]] = {
+        "list": ["clusters.view_cluster", "clusters.view_node"]
+    }
 
     def get_queryset(self) -> Any:
         if getattr(self, "swagger_fake_view", False):
@@ -358,10 +365,10 @@ class ClusterNodeViewSet(APIViewSet):
 )
 class JobViewSet(APIViewSet):
     permission_model = Job
-    filter_backends = [DjangoFilterBackend]
+    filter_backends = (DjangoFilterBackend,)
     filterset_class = JobFilter
     serializer_class = s.JobOutput
-    action_permissions = {
+    action_permissions: ClassVar[Mapping[str, Sequence[str]]] = {
         "events": ["clusters.view_job"],
         "stdout": ["clusters.view_job"],
         "cancel": ["clusters.change_job"],

@@ -41,7 +41,9 @@ def credential_create(*, actor: Any = None, **fields: Any) -> SSHCredential:
     _check_fields(fields)
     credential = SSHCredential(**fields)
     _save(credential)
-    audit_record(action="credential.create", actor=actor, object_repr=credential.name, detail={"credential_id": credential.pk})
+    audit_record(
+        action="credential.create", actor=actor, object_repr=credential.name, detail={"credential_id": credential.pk}
+    )
     return credential
 
 
@@ -74,7 +76,9 @@ def credential_delete(*, credential: SSHCredential, actor: Any = None) -> None:
     if users:
         names = ", ".join(users[:5]) + (", ..." if len(users) > 5 else "")
         raise InvalidState(f"The credential is used by the cluster(s) {names}: assign them another one first.")
-    audit_record(action="credential.delete", actor=actor, object_repr=credential.name, detail={"credential_id": credential.pk})
+    audit_record(
+        action="credential.delete", actor=actor, object_repr=credential.name, detail={"credential_id": credential.pk}
+    )
     try:
         credential.delete()
     except ProtectedError as exc:  # a cluster started using it meanwhile

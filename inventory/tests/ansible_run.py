@@ -94,4 +94,8 @@ def render_configs_with_ansible(
     )
     if result.returncode != 0:
         raise AssertionError(f"ansible-playbook failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
+    # The templates must not lean on anything ansible-core warns about (deprecated or coerced templating).
+    for marker in ("[WARNING]", "[DEPRECATION WARNING]"):
+        if marker in result.stdout or marker in result.stderr:
+            raise AssertionError(f"ansible-playbook warned:\n{result.stdout}\n{result.stderr}")
     return {path.stem: path.read_bytes() for path in sorted(output.glob("*.yaml"))}

@@ -9,6 +9,7 @@ inspect the artifacts ansible-runner wrote.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import ansible_runner
+import psutil
 
 from inventory.renderers import RenderedInventory
 
@@ -66,7 +68,8 @@ class PlaybookResult:
             if event.get("event") in FAILED_EVENTS and not event["event_data"].get("ignore_errors"):
                 data = event["event_data"]
                 result = data.get("res", {})
-                lines.append(f"{data.get('host')}: {data.get('task')}: {result.get('msg') or result.get('stderr') or result}")
+                details = [result.get("msg") or "", *(result.get("stderr_lines") or [])[-3:]]
+                lines.append(f"{data.get('host')}: {data.get('task')}: " + " | ".join(item for item in details if item))
         return lines
 
     def describe(self) -> str:
@@ -116,6 +119,7 @@ class PlaybookRunner:
             suppress_env_files=True,
         )
         duration = time.monotonic() - started
+        _stop_leftovers(private_dir)
         events = list(runner.events)
         stats_event = next((event for event in events if event.get("event") == "playbook_on_stats"), {})
         stats_data = stats_event.get("event_data", {})
@@ -143,6 +147,22 @@ class PlaybookRunner:
         for result in self.results:
             shutil.rmtree(result.private_dir, ignore_errors=True)
         self.results.clear()
+
+
+def _stop_leftovers(private_dir: Path) -> None:
+    """Stop what a run leaves behind in its private directory: SSH ControlPersist masters and the ssh-agent."""
+    marker = str(private_dir)
+    leftovers = []
+    for process in psutil.process_iter(["cmdline"]):
+        if any(marker in part for part in process.info["cmdline"] or ()):
+            leftovers.append(process)
+    for process in leftovers:
+        with contextlib.suppress(psutil.Error):
+            process.terminate()
+    _, alive = psutil.wait_procs(leftovers, timeout=5)
+    for process in alive:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
 
 
 def _write_private(path: Path, text: str) -> None:

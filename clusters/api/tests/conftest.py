@@ -153,13 +153,15 @@ def installed_cluster(cluster: Cluster) -> Cluster:
     return mark_installed(cluster)
 
 
-def make_job(cluster: Cluster, *, kind: str = JobKind.INSTALL, status: str = JobStatus.SUCCESSFUL, **fields: Any) -> Job:
+def make_job(
+    cluster: Cluster, *, kind: str = JobKind.INSTALL, status: str = JobStatus.SUCCESSFUL, **fields: Any
+) -> Job:
     fields.setdefault("stages", ["initial_master", "joining_masters", "workers", "all"])
     return Job.objects.create(cluster=cluster, kind=kind, status=status, **fields)
 
 
 def add_events(job: Job, count: int, *, start: int = 1, stage: str = "initial_master") -> list[JobEvent]:
-    base = dt.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=dt.timezone.utc)
+    base = dt.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC)
     events = [
         JobEvent(
             job=job, counter=counter, stage=stage, event="runner_on_ok", host_name=f"node{counter % 3 + 1}",

@@ -176,7 +176,9 @@ def test_retrieve_unknown_is_404(api):
 
 
 def test_patch_updates_and_audits(api, cluster):
-    response = api.patch(f"/api/clusters/{cluster.pk}/", {"description": "edge site", "tls_san": ["10.9.9.9"]}, format="json")
+    changes = {"description": "edge site", "tls_san": ["10.9.9.9"]}
+
+    response = api.patch(f"/api/clusters/{cluster.pk}/", changes, format="json")
 
     assert response.status_code == 200, response.json()
     assert response.json()["description"] == "edge site"

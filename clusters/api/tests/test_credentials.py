@@ -53,7 +53,8 @@ def test_list_and_retrieve_never_show_secrets(api, credential, cluster, secrets_
 @pytest.mark.parametrize(
     "changes, field",
     [
-        ({"private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"}, "private_key"),
+        ({"private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"},
+         "private_key"),
         ({"private_key": ""}, "private_key"),
         ({"passphrase": "unexpected"}, "passphrase"),
         ({"port": 0}, "port"),

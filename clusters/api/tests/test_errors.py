@@ -15,6 +15,7 @@ from .conftest import add_events, assert_no_secret, make_job
 pytestmark = pytest.mark.django_db
 
 ERROR_KEYS = {"code", "message", "errors", "extra"}
+NODE = {"hostname": "n1", "internal_ip": "10.0.0.1"}
 
 
 def post_raw(api: Any, url: str, body: str | bytes, content_type: str = "application/json") -> Any:
@@ -88,11 +89,11 @@ def test_method_not_allowed(api, cluster):
         ({"name": "ok", "rke2_version": "v1.31.4+rke2r1", "description": "x" * 20_000}, "description"),
         ({"name": "k" * 64, "rke2_version": "v1.31.4+rke2r1"}, "name"),
         (
-            {"name": "ok", "rke2_version": "v1.31.4+rke2r1", "nodes": [{"hostname": "n1", "internal_ip": "10.0.0.1", "labels": ["é=ü"]}]},
+            {"name": "ok", "rke2_version": "v1.31.4+rke2r1", "nodes": [{**NODE, "labels": ["é=ü"]}]},
             "nodes[0].labels",
         ),
         (
-            {"name": "ok", "rke2_version": "v1.31.4+rke2r1", "nodes": [{"hostname": "n1", "internal_ip": "10.0.0.1", "node_vars": {"k": "\u202e"}}]},
+            {"name": "ok", "rke2_version": "v1.31.4+rke2r1", "nodes": [{**NODE, "node_vars": {"k": "\u202e"}}]},
             None,  # an unusual but storable value: accepted
         ),
     ],
@@ -144,7 +145,9 @@ def test_bad_pages_are_404(api, cluster, query):
     assert_error(api.get("/api/clusters/", query), 404, "not_found")
 
 
-@pytest.mark.parametrize("query", [{"page_size": "9" * 30}, {"page_size": "-5"}, {"page_size": "x"}, {"status": "\x00"}, {"name": "a\x00"}])
+@pytest.mark.parametrize(
+    "query", [{"page_size": "9" * 30}, {"page_size": "-5"}, {"page_size": "x"}, {"status": "\x00"}, {"name": "a\x00"}]
+)
 def test_odd_list_parameters_never_fail(api, cluster, query):
     assert api.get("/api/clusters/", query).status_code in (200, 400)
 
@@ -199,7 +202,7 @@ def test_no_response_contains_a_secret(make_user, client_for, finished_job, secr
         ("patch", f"/api/credentials/{credential.pk}/", {"passphrase": "x" * 30}),
         ("post", f"/api/clusters/{cluster.pk}/install/", {}),
         ("post", f"/api/clusters/{cluster.pk}/uninstall/", {"confirm": "nope"}),
-        ("post", f"/api/clusters/{cluster.pk}/scale/add/", {"nodes": [{"hostname": "node1", "internal_ip": "10.0.0.1"}]}),
+        ("post", f"/api/clusters/{cluster.pk}/scale/add/", {"nodes": [{**NODE, "hostname": "node1"}]}),
     ]
     for method, url, payload in writes:
         response = getattr(client, method)(url, payload, format="json")

@@ -105,7 +105,7 @@ def test_install_resume_starts_at_the_failed_stage(cluster, post):
 
 
 def test_install_refused_for_an_installed_cluster(installed_cluster, post):
-    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/install/", {})
+    response, _ = post(f"/api/clusters/{installed_cluster.pk}/install/", {})
 
     assert response.status_code == 409
     assert response.json()["code"] == "invalid_state"
@@ -114,7 +114,7 @@ def test_install_refused_for_an_installed_cluster(installed_cluster, post):
 def test_install_needs_a_credential(make_cluster, post):
     cluster = make_cluster("nocred", ssh_credential=None)
 
-    response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", {})
+    response, _ = post(f"/api/clusters/{cluster.pk}/install/", {})
 
     assert response.status_code == 409
     assert "SSH credential" in response.json()["message"]
@@ -132,7 +132,7 @@ def test_install_needs_a_credential(make_cluster, post):
     ],
 )
 def test_job_options_are_validated(cluster, payload, field, post):
-    response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", payload)
+    response, _ = post(f"/api/clusters/{cluster.pk}/install/", payload)
 
     assert response.status_code == 400
     assert field in response.json()["errors"]
@@ -162,14 +162,14 @@ def test_upgrade(installed_cluster, post):
     [{}, {"target_version": "latest"}, {"target_version": "v1.30.1+rke2r1"}, {"target_version": "v1.34.1+rke2r1"}],
 )
 def test_upgrade_refuses_bad_targets(installed_cluster, payload, post):
-    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/upgrade/", payload)
+    response, _ = post(f"/api/clusters/{installed_cluster.pk}/upgrade/", payload)
 
     assert response.status_code == 400
     assert "target_version" in response.json()["errors"]
 
 
 def test_upgrade_needs_an_installed_cluster(cluster, post):
-    response, enqueued = post(f"/api/clusters/{cluster.pk}/upgrade/", {"target_version": "v1.32.1+rke2r1"})
+    response, _ = post(f"/api/clusters/{cluster.pk}/upgrade/", {"target_version": "v1.32.1+rke2r1"})
 
     assert response.status_code == 409
     assert response.json()["code"] == "invalid_state"
@@ -202,7 +202,7 @@ def test_maintenance_jobs(installed_cluster, path, kind, post):
 
 
 def test_job_request_on_unknown_cluster(post):
-    response, enqueued = post("/api/clusters/555555/preflight/", {})
+    response, _ = post("/api/clusters/555555/preflight/", {})
 
     assert response.status_code == 404
 
@@ -211,7 +211,10 @@ def test_job_request_on_unknown_cluster(post):
 
 
 def test_scale_add(installed_cluster, post, sent):
-    nodes = [{"hostname": "node4", "internal_ip": "10.0.0.4"}, {"hostname": "node5", "internal_ip": "10.0.0.5", "role": "server"}]
+    nodes = [
+        {"hostname": "node4", "internal_ip": "10.0.0.4"},
+        {"hostname": "node5", "internal_ip": "10.0.0.5", "role": "server"},
+    ]
 
     response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": nodes})
 
@@ -243,9 +246,9 @@ def test_scale_add_keeps_nothing_when_the_job_is_refused(cluster, post):
 def test_scale_add_refused_while_a_job_is_active(installed_cluster, post):
     make_job(installed_cluster, kind=JobKind.HEALTH, status=JobStatus.PENDING)
 
-    response, enqueued = post(
-        f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": [{"hostname": "node9", "internal_ip": "10.0.0.9"}]}
-    )
+    nodes = [{"hostname": "node9", "internal_ip": "10.0.0.9"}]
+
+    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": nodes})
 
     assert response.status_code == 409
     assert response.json()["code"] == "job_conflict"
@@ -256,7 +259,7 @@ def test_scale_add_refused_while_a_job_is_active(installed_cluster, post):
 def test_scale_add_reports_node_errors(installed_cluster, post):
     nodes = [{"hostname": "node1", "internal_ip": "10.0.0.8"}, {"hostname": "node8", "internal_ip": "nope"}]
 
-    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": nodes})
+    response, _ = post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": nodes})
 
     assert response.status_code == 400
     errors = response.json()["errors"]
@@ -265,7 +268,7 @@ def test_scale_add_reports_node_errors(installed_cluster, post):
 
 
 def test_scale_add_needs_nodes(installed_cluster, post):
-    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": []})
+    response, _ = post(f"/api/clusters/{installed_cluster.pk}/scale/add/", {"nodes": []})
 
     assert response.status_code == 400
     assert "nodes" in response.json()["errors"]
@@ -303,7 +306,7 @@ def test_scale_remove_of_never_installed_nodes_needs_no_job(installed_cluster, p
     [(["node1"], "last server"), (["ghost"], "ghost")],
 )
 def test_scale_remove_refusals(installed_cluster, hostnames, message, post):
-    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": hostnames})
+    response, _ = post(f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": hostnames})
 
     assert response.status_code == 400
     assert message in " ".join(response.json()["errors"]["hostnames"])
@@ -313,7 +316,7 @@ def test_scale_remove_refusals(installed_cluster, hostnames, message, post):
 def test_scale_remove_refused_while_a_job_is_active(installed_cluster, post):
     make_job(installed_cluster, kind=JobKind.HEALTH, status=JobStatus.RUNNING)
 
-    response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": ["node3"]})
+    response, _ = post(f"/api/clusters/{installed_cluster.pk}/scale/remove/", {"hostnames": ["node3"]})
 
     assert response.status_code == 409
     assert Node.objects.get(cluster=installed_cluster, hostname="node3").status == NodeStatus.ACTIVE

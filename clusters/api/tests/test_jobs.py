@@ -34,7 +34,9 @@ def test_list_and_filters(api, make_cluster):
     assert ids(cluster=999999) == []
 
 
-@pytest.mark.parametrize("query", [{"status": "done"}, {"kind": "reboot"}, {"cluster": "abc"}, {"cluster": "0"}, {"cluster": "9" * 30}])
+@pytest.mark.parametrize(
+    "query", [{"status": "done"}, {"kind": "reboot"}, {"cluster": "abc"}, {"cluster": "0"}, {"cluster": "9" * 30}]
+)
 def test_list_rejects_bad_filters(api, query):
     response = api.get("/api/jobs/", query)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import yaml
 
+from clusters.choices import NodeStatus
 from clusters.fields import reveal
 from clusters.models import AuditLog, Cluster, Node
-from clusters.choices import NodeStatus
 
 from .conftest import KUBECONFIG, assert_no_secret
 

@@ -17,6 +17,7 @@ from .conftest import make_job
 pytestmark = pytest.mark.django_db
 
 READ, CLUSTER_READ, WRITE, KUBECONFIG = "read", "cluster-read", "write", "kubeconfig"
+VERSION = "v1.31.4+rke2r1"
 
 
 @dataclass(frozen=True)
@@ -41,15 +42,18 @@ ENDPOINTS = [
     Endpoint("credential-list", "get", lambda o: "/api/credentials/", READ),
     Endpoint("credential-detail", "get", lambda o: f"/api/credentials/{o['credential']}/", READ),
     Endpoint("kubeconfig", "get", lambda o: f"/api/clusters/{o['cluster']}/kubeconfig/", KUBECONFIG),
-    Endpoint("cluster-create", "post", lambda o: "/api/clusters/", WRITE, {"name": "new", "rke2_version": "v1.31.4+rke2r1"}),
+    Endpoint("cluster-create", "post", lambda o: "/api/clusters/", WRITE, {"name": "new", "rke2_version": VERSION}),
     Endpoint("cluster-patch", "patch", lambda o: f"/api/clusters/{o['cluster']}/", WRITE, {"description": "x"}),
     Endpoint(
         "cluster-put", "put", lambda o: f"/api/clusters/{o['cluster']}/", WRITE,
-        {"name": "alpha", "rke2_version": "v1.31.4+rke2r1"},
+        {"name": "alpha", "rke2_version": VERSION},
     ),
     Endpoint("cluster-delete", "delete", lambda o: f"/api/clusters/{o['other_cluster']}/", WRITE),
     Endpoint("install", "post", lambda o: f"/api/clusters/{o['other_cluster']}/install/", WRITE, {}),
-    Endpoint("upgrade", "post", lambda o: f"/api/clusters/{o['cluster']}/upgrade/", WRITE, {"target_version": "v1.32.1+rke2r1"}),
+    Endpoint(
+        "upgrade", "post", lambda o: f"/api/clusters/{o['cluster']}/upgrade/", WRITE,
+        {"target_version": "v1.32.1+rke2r1"},
+    ),
     Endpoint("uninstall", "post", lambda o: f"/api/clusters/{o['cluster']}/uninstall/", WRITE, {"confirm": "alpha"}),
     Endpoint("preflight", "post", lambda o: f"/api/clusters/{o['cluster']}/preflight/", WRITE, {}),
     Endpoint("fetch-kubeconfig", "post", lambda o: f"/api/clusters/{o['cluster']}/fetch-kubeconfig/", WRITE, {}),
@@ -58,7 +62,9 @@ ENDPOINTS = [
         "scale-add", "post", lambda o: f"/api/clusters/{o['cluster']}/scale/add/", WRITE,
         {"nodes": [{"hostname": "node7", "internal_ip": "10.0.0.7"}]},
     ),
-    Endpoint("scale-remove", "post", lambda o: f"/api/clusters/{o['cluster']}/scale/remove/", WRITE, {"hostnames": ["node3"]}),
+    Endpoint(
+        "scale-remove", "post", lambda o: f"/api/clusters/{o['cluster']}/scale/remove/", WRITE, {"hostnames": ["node3"]}
+    ),
     Endpoint("job-cancel", "post", lambda o: f"/api/jobs/{o['finished_job']}/cancel/", WRITE),
     Endpoint("credential-create", "post", lambda o: "/api/credentials/", WRITE, {"name": "k2", "private_key": "x"}),
     Endpoint("credential-patch", "patch", lambda o: f"/api/credentials/{o['credential']}/", WRITE, {"known_hosts": ""}),
@@ -157,5 +163,6 @@ def test_default_groups_exist_with_their_permissions(db):
     assert {"view_cluster", "view_job", "view_node", "view_sshcredential"} <= codenames("viewers")
     assert not any(code.startswith(("add_", "change_", "delete_")) for code in codenames("viewers"))
     assert "download_kubeconfig" not in codenames("viewers") | codenames("operators")
-    assert {"add_cluster", "change_cluster", "delete_cluster", "add_job", "change_job", "add_node"} <= codenames("operators")
+    operator_codes = {"add_cluster", "change_cluster", "delete_cluster", "add_job", "change_job", "add_node"}
+    assert operator_codes <= codenames("operators")
     assert "download_kubeconfig" in codenames("kubeconfig-downloaders")

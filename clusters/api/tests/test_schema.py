@@ -71,7 +71,7 @@ def test_secrets_are_write_only_in_the_schema(openapi):
         if name.endswith("Request"):
             continue
         assert not properties & set(SECRET_FIELDS), name
-    assert {"private_key", "passphrase"} <= set(components["CredentialCreateInputRequest"]["properties"])
+    assert {"private_key", "passphrase"} <= set(components["CredentialCreateRequest"]["properties"])
     text = yaml.safe_dump(openapi)
     assert "BEGIN OPENSSH" not in text
 
@@ -79,7 +79,7 @@ def test_secrets_are_write_only_in_the_schema(openapi):
 def test_errors_are_documented(openapi):
     install = openapi["paths"]["/api/clusters/{id}/install/"]["post"]["responses"]
     assert set(install) == {"202", "400", "401", "403", "404", "409"}
-    assert install["409"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/ErrorOutput"
+    assert install["409"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/Error"
 
 
 def test_swagger_ui_is_served_from_own_static_files():

@@ -1,0 +1,102 @@
+"""Staged install time of 1 + 2 masters and N workers (default 6) on SSH test hosts, against the floor set by the
+stand-in RKE2's start delays.
+
+The install runs through the job engine (claim, four stages, events stored) with the portal's playbooks, over
+SSH, installing the stand-in RKE2 from its air-gap bundle. The floor is the time RKE2 itself makes an install
+wait, whatever runs it: the initial master and the two joining masters start one after the other (etcd admits
+one learner at a time), then the workers start together (``workers_batch`` = all of them):
+
+    floor = 3 x server start delay + agent start delay
+
+Prints the wall time, each stage's time, the floor and their ratio (target <= 1.3 at N = 6). Needs root (network
+namespaces). Settings: ``BENCH_WORKERS`` (N), ``BENCH_SERVER_START_DELAY`` and ``BENCH_AGENT_START_DELAY``
+(seconds, default 30 and 20: an RKE2 server typically needs 30 to 60 s to become Ready, an agent 20 to 30 s).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MAX_RATIO = 1.3
+VERSION = "v1.31.4+rke2r1"
+
+
+def main() -> bool:
+    workers = int(os.environ.get("BENCH_WORKERS", "6"))
+    server_delay = float(os.environ.get("BENCH_SERVER_START_DELAY", "30"))
+    agent_delay = float(os.environ.get("BENCH_AGENT_START_DELAY", "20"))
+
+    from tests.testhosts.harness import HostNetwork, missing_prerequisites
+
+    problems = missing_prerequisites()
+    if problems:
+        print("cannot run: " + "; ".join(problems), file=sys.stderr)
+        return False
+
+    from tests.standin_rke2.build import build_bundle
+
+    airgap = Path(tempfile.mkdtemp(prefix="bench-airgap-"))
+    work_dir = Path(tempfile.mkdtemp(prefix="bench-jobs-", dir="/tmp"))
+    build_bundle(airgap / VERSION, VERSION, server_start_delay=server_delay, agent_start_delay=agent_delay,
+                 heartbeat_interval=2.0, join_retry_interval=1.0)
+    os.environ.update(
+        {
+            "RKE2_INSTALL_METHOD": "airgap",
+            "RKE2_AIRGAP_ARTIFACT_DIR": str(airgap),
+            "RKE2_START_TIMEOUT_SECONDS": str(int(max(server_delay, agent_delay) * 4 + 120)),
+            "JOBS_WORK_DIR": str(work_dir),
+        }
+    )
+    from .bench_events import setup_database
+
+    database = setup_database()
+    network = HostNetwork().start()
+    try:
+        return _run(network, workers=workers, server_delay=server_delay, agent_delay=agent_delay, database=database)
+    finally:
+        network.close()
+        shutil.rmtree(airgap, ignore_errors=True)
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def _run(network: object, *, workers: int, server_delay: float, agent_delay: float, database: str) -> bool:
+    from clusters.choices import JobKind
+    from clusters.engine.service import job_execute
+    from clusters.models import Job, JobEvent
+    from clusters.services.clusters import cluster_create
+    from clusters.services.credentials import credential_create
+    from clusters.services.jobs import job_request
+
+    hosts = network.add_hosts(3 + workers)  # type: ignore[attr-defined]
+    credential = credential_create(
+        name="bench", username="root", private_key=network.private_key_text,  # type: ignore[attr-defined]
+        known_hosts=network.known_hosts_text,  # type: ignore[attr-defined]
+    )
+    nodes = [
+        {"hostname": host.name, "internal_ip": host.ip, "role": "server" if index < 3 else "agent"}
+        for index, host in enumerate(hosts)
+    ]
+    cluster = cluster_create(name="bench-install", rke2_version=VERSION, ssh_credential=credential, nodes=nodes)
+    job = job_request(cluster=cluster, kind=JobKind.INSTALL, params={"workers_batch": workers})
+
+    started = time.perf_counter()
+    status = job_execute(job_id=job.pk)
+    elapsed = time.perf_counter() - started
+    job = Job.objects.get(pk=job.pk)
+    floor = 3 * server_delay + agent_delay
+    print(f"database: {database}; 3 masters + {workers} workers; start delays: server {server_delay:g} s, agent {agent_delay:g} s")
+    print(f"{'stage':>16} {'seconds':>8} {'events':>7}")
+    for stage in job.result.get("stages", []):
+        print(f"{stage['stage']:>16} {stage['duration']:>8.1f} {stage['events']:>7}")
+    print(f"install: {status} in {elapsed:.1f} s ({JobEvent.objects.filter(job=job).count()} events stored)")
+    print(f"floor (3 x {server_delay:g} + {agent_delay:g}): {floor:.1f} s; overhead {elapsed - floor:.1f} s; "
+          f"ratio {elapsed / floor:.3f} (target <= {MAX_RATIO} at 6 workers)")
+    if status != "successful":
+        print(job.explanation, file=sys.stderr)
+        return False
+    return elapsed / floor <= MAX_RATIO
