@@ -3,13 +3,18 @@
 DATABASE_URL still selects the database, so the same suite runs on SQLite and on PostgreSQL.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 os.environ.setdefault("DJANGO_DEBUG", "false")
 os.environ.setdefault("DJANGO_SECRET_KEY", "test-secret-key-not-for-production-0123456789")
 os.environ.setdefault("DJANGO_READ_DOT_ENV_FILE", "false")
-os.environ.setdefault("RKE2PORTAL_DATA_DIR", tempfile.mkdtemp(prefix="rke2portal-test-"))
+if "RKE2PORTAL_DATA_DIR" not in os.environ:
+    # Processes started by the tests (workers) inherit the variable and share the folder; its creator removes it.
+    os.environ["RKE2PORTAL_DATA_DIR"] = tempfile.mkdtemp(prefix="rke2portal-test-")
+    atexit.register(shutil.rmtree, os.environ["RKE2PORTAL_DATA_DIR"], True)
 # With a test Redis, Celery messages go there, under a key prefix of their own (worker processes started by the
 # tests get the same URL and prefix; see tests/worker.py).
 if os.environ.get("TEST_REDIS_URL"):
