@@ -101,8 +101,14 @@ def run_plain(project: Path) -> tuple[float, int]:
     started = time.perf_counter()
     try:
         result = ansible_runner.run(
-            private_data_dir=str(private_dir), project_dir=str(project), playbook="events.yml", inventory=inventory(),
-            extravars={"items": ITEMS_PER_HOST}, quiet=True, event_handler=handler, cancel_callback=lambda: False,
+            private_data_dir=str(private_dir),
+            project_dir=str(project),
+            playbook="events.yml",
+            inventory=inventory(),
+            extravars={"items": ITEMS_PER_HOST},
+            quiet=True,
+            event_handler=handler,
+            cancel_callback=lambda: False,
             settings={"suppress_output_file": True, "pexpect_timeout": settings.JOB_PEXPECT_TIMEOUT_SECONDS},
             fact_cache_type="",
         )
@@ -124,18 +130,31 @@ def run_engine(project: Path, job_id: int) -> tuple[float, int, int]:
 
     redactor = Redactor(["3f1c9a7e5b2d4f6a8c0e1b3d5f7a9c2e4b6d8f0a1c3e5b7d"])
     writer = EventWriter(
-        job_id=job_id, redactor=redactor, batch_size=settings.JOB_EVENT_BATCH_SIZE,
-        flush_seconds=settings.JOB_EVENT_FLUSH_SECONDS, queue_size=settings.JOB_EVENT_QUEUE_SIZE,
+        job_id=job_id,
+        redactor=redactor,
+        batch_size=settings.JOB_EVENT_BATCH_SIZE,
+        flush_seconds=settings.JOB_EVENT_FLUSH_SECONDS,
+        queue_size=settings.JOB_EVENT_QUEUE_SIZE,
     )
-    control = JobControl(job_id, poll_seconds=settings.JOB_CANCEL_POLL_SECONDS, heartbeat_seconds=settings.JOB_HEARTBEAT_SECONDS)
+    control = JobControl(
+        job_id, poll_seconds=settings.JOB_CANCEL_POLL_SECONDS, heartbeat_seconds=settings.JOB_HEARTBEAT_SECONDS
+    )
     work_dir = Path(tempfile.mkdtemp(prefix="bench-", dir="/tmp"))
-    runner = PlaybookRunner(job_id=job_id, writer=writer, control=control, redactor=redactor, ssh=SSHAccess(),
-                            project_dir=project, work_dir=work_dir)
+    runner = PlaybookRunner(
+        job_id=job_id,
+        writer=writer,
+        control=control,
+        redactor=redactor,
+        ssh=SSHAccess(),
+        project_dir=project,
+        work_dir=work_dir,
+    )
     started = time.perf_counter()
     writer.start()
     try:
-        outcome = runner.run(PlaybookRun(stage="all", playbook="events.yml", inventory=inventory(),
-                                         extravars={"items": ITEMS_PER_HOST}))
+        outcome = runner.run(
+            PlaybookRun(stage="all", playbook="events.yml", inventory=inventory(), extravars={"items": ITEMS_PER_HOST})
+        )
     finally:
         writer.close()
     elapsed = time.perf_counter() - started
@@ -166,7 +185,7 @@ def main() -> bool:
     print(f"database: {database}; {HOSTS} hosts x {ITEMS_PER_HOST} items; {rounds} rounds", flush=True)
     print(f"{'run':>12} {'wall s':>8} {'events':>7} {'stored':>7} {'stored/s':>9}", flush=True)
     try:
-        for index in range(rounds):
+        for _round in range(rounds):
             elapsed, count = run_plain(project)
             plain_times.append(elapsed)
             print(f"{'runner':>12} {elapsed:>8.2f} {count:>7} {'-':>7} {'-':>9}", flush=True)

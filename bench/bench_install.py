@@ -42,8 +42,14 @@ def main() -> bool:
 
     airgap = Path(tempfile.mkdtemp(prefix="bench-airgap-"))
     work_dir = Path(tempfile.mkdtemp(prefix="bench-jobs-", dir="/tmp"))
-    build_bundle(airgap / VERSION, VERSION, server_start_delay=server_delay, agent_start_delay=agent_delay,
-                 heartbeat_interval=2.0, join_retry_interval=1.0)
+    build_bundle(
+        airgap / VERSION,
+        VERSION,
+        server_start_delay=server_delay,
+        agent_start_delay=agent_delay,
+        heartbeat_interval=2.0,
+        join_retry_interval=1.0,
+    )
     os.environ.update(
         {
             "RKE2_INSTALL_METHOD": "airgap",
@@ -74,7 +80,9 @@ def _run(network: object, *, workers: int, server_delay: float, agent_delay: flo
 
     hosts = network.add_hosts(3 + workers)  # type: ignore[attr-defined]
     credential = credential_create(
-        name="bench", username="root", private_key=network.private_key_text,  # type: ignore[attr-defined]
+        name="bench",
+        username="root",
+        private_key=network.private_key_text,  # type: ignore[attr-defined]
         known_hosts=network.known_hosts_text,  # type: ignore[attr-defined]
     )
     nodes = [
@@ -89,13 +97,16 @@ def _run(network: object, *, workers: int, server_delay: float, agent_delay: flo
     elapsed = time.perf_counter() - started
     job = Job.objects.get(pk=job.pk)
     floor = 3 * server_delay + agent_delay
-    print(f"database: {database}; 3 masters + {workers} workers; start delays: server {server_delay:g} s, agent {agent_delay:g} s")
+    print(f"database: {database}; 3 masters + {workers} workers")
+    print(f"stand-in start delays: server {server_delay:g} s, agent {agent_delay:g} s")
     print(f"{'stage':>16} {'seconds':>8} {'events':>7}")
     for stage in job.result.get("stages", []):
         print(f"{stage['stage']:>16} {stage['duration']:>8.1f} {stage['events']:>7}")
     print(f"install: {status} in {elapsed:.1f} s ({JobEvent.objects.filter(job=job).count()} events stored)")
-    print(f"floor (3 x {server_delay:g} + {agent_delay:g}): {floor:.1f} s; overhead {elapsed - floor:.1f} s; "
-          f"ratio {elapsed / floor:.3f} (target <= {MAX_RATIO} at 6 workers)")
+    print(
+        f"floor (3 x {server_delay:g} + {agent_delay:g}): {floor:.1f} s; overhead {elapsed - floor:.1f} s; "
+        f"ratio {elapsed / floor:.3f} (target <= {MAX_RATIO} at 6 workers)"
+    )
     if status != "successful":
         print(job.explanation, file=sys.stderr)
         return False

@@ -56,9 +56,14 @@ def baseline_first_event(project: Path) -> float:
     started = time.perf_counter()
     try:
         ansible_runner.run(
-            private_data_dir=str(private_dir), project_dir=str(project), playbook="preflight.yml",
-            inventory={"all": {"children": {"initial_master": {"hosts": {"n1": {}}}}}}, quiet=True,
-            event_handler=handler, cancel_callback=lambda: False, settings={"suppress_output_file": True},
+            private_data_dir=str(private_dir),
+            project_dir=str(project),
+            playbook="preflight.yml",
+            inventory={"all": {"children": {"initial_master": {"hosts": {"n1": {}}}}}},
+            quiet=True,
+            event_handler=handler,
+            cancel_callback=lambda: False,
+            settings={"suppress_output_file": True},
         )
     finally:
         shutil.rmtree(private_dir, ignore_errors=True)
@@ -83,7 +88,9 @@ def main() -> bool:
     database = setup_database()
     from tests.worker import WorkerProcess, worker_environment
 
-    worker = WorkerProcess(env=worker_environment({"ANSIBLE_DIR": str(project), "JOBS_WORK_DIR": str(work_dir)}), concurrency=1)
+    worker = WorkerProcess(
+        env=worker_environment({"ANSIBLE_DIR": str(project), "JOBS_WORK_DIR": str(work_dir)}), concurrency=1
+    )
     try:
         worker.start()
         return _measure(project, database, redis_url)
@@ -105,7 +112,9 @@ def _measure(project: Path, database: str, redis_url: str) -> bool:
     count = int(os.environ.get("BENCH_REQUESTS", "10"))
     credential = credential_create(name="bench-latency", username="root", private_key=ssh_private_key())
     cluster = cluster_create(
-        name="bench-latency", rke2_version="v1.31.4+rke2r1", ssh_credential=credential,
+        name="bench-latency",
+        rke2_version="v1.31.4+rke2r1",
+        ssh_credential=credential,
         nodes=[{"hostname": "n1", "internal_ip": "10.0.0.11", "role": "server"}],
     )
     from clusters.services.jobs import job_request
@@ -133,12 +142,17 @@ def _measure(project: Path, database: str, redis_url: str) -> bool:
         first_any.append((first.ingested_at - requested).total_seconds())
         first_ansible.append((ansible.ingested_at - requested).total_seconds())
         baselines.append(baseline_first_event(project))
-        print(f"{index + 1:>8} {first_any[-1] * 1000:>15.0f} {first_ansible[-1] * 1000:>23.0f} {baselines[-1] * 1000:>12.0f}",
-              flush=True)
+        row = (first_any[-1] * 1000, first_ansible[-1] * 1000, baselines[-1] * 1000)
+        print(
+            f"{index + 1:>8} {row[0]:>15.0f} {row[1]:>23.0f} {row[2]:>12.0f}",
+            flush=True,
+        )
     median_any = statistics.median(first_any)
     median_ansible = statistics.median(first_ansible)
     median_baseline = statistics.median(baselines)
     print(f"median request -> first event: {median_any * 1000:.0f} ms (target < {MAX_MEDIAN_SECONDS * 1000:.0f} ms)")
-    print(f"median request -> first Ansible event: {median_ansible * 1000:.0f} ms; plain ansible-runner start -> first "
-          f"event: {median_baseline * 1000:.0f} ms; ratio {median_ansible / median_baseline:.2f}")
+    print(
+        f"median request -> first Ansible event: {median_ansible * 1000:.0f} ms; plain ansible-runner start -> first "
+        f"event: {median_baseline * 1000:.0f} ms; ratio {median_ansible / median_baseline:.2f}"
+    )
     return median_any < MAX_MEDIAN_SECONDS

@@ -79,7 +79,9 @@ def test_database_url() -> str:
 class WorkerProcess:
     """A ``celery worker`` process (and its pool) in its own process group."""
 
-    def __init__(self, *, env: Mapping[str, str], concurrency: int = 2, queues: str = "playbooks,celery", name: str = "") -> None:
+    def __init__(
+        self, *, env: Mapping[str, str], concurrency: int = 2, queues: str = "playbooks,celery", name: str = ""
+    ) -> None:
         self.env = dict(env)
         self.concurrency = concurrency
         self.queues = queues
@@ -207,7 +209,12 @@ def _pgid(pid: int) -> int | None:
 
 class WorkerFactory(Protocol):
     def __call__(
-        self, env: Mapping[str, str] | None = None, *, concurrency: int = 2, queues: str = "playbooks,celery", start: bool = True
+        self,
+        env: Mapping[str, str] | None = None,
+        *,
+        concurrency: int = 2,
+        queues: str = "playbooks,celery",
+        start: bool = True,
     ) -> WorkerProcess: ...
 
 
@@ -250,7 +257,11 @@ def worker_factory(transactional_db: None) -> Iterator[WorkerFactory]:
     workers: list[WorkerProcess] = []
 
     def factory(
-        env: Mapping[str, str] | None = None, *, concurrency: int = 2, queues: str = "playbooks,celery", start: bool = True
+        env: Mapping[str, str] | None = None,
+        *,
+        concurrency: int = 2,
+        queues: str = "playbooks,celery",
+        start: bool = True,
     ) -> WorkerProcess:
         worker = WorkerProcess(env=worker_environment(env), concurrency=concurrency, queues=queues)
         workers.append(worker)

@@ -5,8 +5,9 @@ only appends to a queue (:meth:`EventWriter.put`). A writer thread with its own 
 queued events into :class:`~clusters.models.JobEvent` rows (secrets masked, NULs removed) and inserts them with
 ``bulk_create(ignore_conflicts=True)`` in batches: a batch is written when it is full, or when the flush interval
 has passed since the previous write (so the first event after a quiet spell is written at once, and a busy
-playbook's events at most one flush interval late). ``(job, counter)`` is unique, so inserting a batch again never duplicates a row; when a
-batch insert fails, its rows are inserted one by one so that one bad event does not lose the others.
+playbook's events at most one flush interval late). ``(job, counter)`` is unique, so inserting a batch again never
+duplicates a row; when a batch insert fails, its rows are inserted one by one so that one bad event does not lose
+the others.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from django.db import connection
@@ -30,9 +31,19 @@ __all__ = ["EventWriter", "QueuedEvent", "build_event"]
 logger = logging.getLogger(__name__)
 
 # Events whose host result counts as a failure (unless the task ignores errors).
-FAILURE_EVENTS = frozenset({"runner_on_failed", "runner_on_async_failed", "runner_item_on_failed", "runner_on_unreachable"})
+FAILURE_EVENTS = frozenset(
+    {"runner_on_failed", "runner_on_async_failed", "runner_item_on_failed", "runner_on_unreachable"}
+)
 CHANGE_EVENTS = frozenset({"runner_on_ok", "runner_item_on_ok", "runner_on_async_ok"})
-_TEXT_LIMITS = {"play": 1024, "role": 1024, "task": 1024, "task_action": 128, "host_name": 255, "uuid": 64, "parent_uuid": 64}
+_TEXT_LIMITS = {
+    "play": 1024,
+    "role": 1024,
+    "task": 1024,
+    "task_action": 128,
+    "host_name": 255,
+    "uuid": 64,
+    "parent_uuid": 64,
+}
 _INSERT_ATTEMPTS = 3
 
 
@@ -52,7 +63,7 @@ def _parse_created(value: Any) -> datetime | None:
         created = datetime.fromisoformat(value)
     except ValueError:
         return None
-    return created if created.tzinfo else created.replace(tzinfo=timezone.utc)
+    return created if created.tzinfo else created.replace(tzinfo=UTC)
 
 
 def _limit(value: Any, field: str) -> str:
@@ -216,7 +227,9 @@ class EventWriter:
             self.stored += len(batch)
             return
         except Exception:  # noqa: BLE001 - fall back to row by row below
-            logger.warning("job %s: inserting %d events failed; retrying one by one", self.job_id, len(batch), exc_info=True)
+            logger.warning(
+                "job %s: inserting %d events failed; retrying one by one", self.job_id, len(batch), exc_info=True
+            )
         for row in batch:
             self._write_one(row)
 

@@ -34,7 +34,6 @@ from inventory.renderers import InventoryRenderer, RenderedInventory
 
 from ..choices import (
     INSTALL_STAGES,
-    LIVE_NODE_STATUSES,
     ClusterStatus,
     InstallationStage,
     JobKind,
@@ -110,7 +109,12 @@ class StageOrchestrator:
             known_hosts=credential.known_hosts if credential else "",
         )
         self.redactor = Redactor(
-            [reveal(self.cluster.token), self.ssh.private_key, self.ssh.passphrase, *_kubeconfig_secrets(reveal(self.cluster.kubeconfig))]
+            [
+                reveal(self.cluster.token),
+                self.ssh.private_key,
+                self.ssh.passphrase,
+                *_kubeconfig_secrets(reveal(self.cluster.kubeconfig)),
+            ]
         )
         self.writer = EventWriter(
             job_id=job.pk,
@@ -145,7 +149,10 @@ class StageOrchestrator:
             status, explanation = self._run_stages()
         except Exception as exc:  # noqa: BLE001 - the job must end with an explanation, whatever happened
             logger.exception("job %s failed unexpectedly", self.job.pk)
-            status, explanation = JobStatus.FAILED, f"Internal error: {self.redactor.text(str(exc)) or type(exc).__name__}."
+            status, explanation = (
+                JobStatus.FAILED,
+                f"Internal error: {self.redactor.text(str(exc)) or type(exc).__name__}.",
+            )
             self._emit(self.job.stage or "job", explanation)
             self._abort(explanation)
         finally:
@@ -163,6 +170,10 @@ class StageOrchestrator:
                 explanation = f"Timed out before stage {stage}: the job may run for {self.timeout} s at most."
                 self._abort(explanation)
                 return JobStatus.FAILED, explanation
+            if Job.objects.filter(pk=self.job.pk, cancel_requested=True).exists():
+                # Canceled between two stages: the next one does not start.
+                self._abort("Canceled.")
+                return JobStatus.CANCELED, self._cancel_explanation(self.job.stage, next_stage=stage)
             self._set_job(stage=stage)
             try:
                 result = self._run_stage(stage, remaining)
@@ -196,8 +207,13 @@ class StageOrchestrator:
         node_ids = self._stage_nodes(stage, rendered)
         extravars = {**self._job_vars(), **rendered.secret_vars}
         fetch_kubeconfig = stage == "fetch_kubeconfig" or (self.job.kind == JobKind.INSTALL and stage == "all")
-        hosts = ", ".join(node_ids) or "no hosts"
-        self._emit(stage, f"STAGE [{stage}] {playbook} on {hosts}")
+        if stage in INSTALLING_STAGES and not node_ids:
+            # Nothing to install in this stage (a cluster without joining masters, say).
+            self._emit(stage, f"STAGE [{stage}] no hosts to act on; nothing to do")
+            outcome = RunOutcome(status="successful", rc=0, explanation="No hosts.")
+            self._record_stage(stage, playbook, outcome)
+            return StageResult(stage=stage, outcome=outcome, node_ids={})
+        self._emit(stage, f"STAGE [{stage}] {playbook} on {', '.join(node_ids) or 'no hosts'}")
         if stage in INSTALLING_STAGES:
             state.nodes_start_install(list(node_ids.values()), self.job)
         else:
@@ -230,7 +246,9 @@ class StageOrchestrator:
                 raise StageError("there are no new nodes to add.")
             return InventoryRenderer.render_for_scale_add(self.cluster, self.new_node_ids)
         if kind == JobKind.SCALE_REMOVE:
-            targets = list(Node.objects.filter(cluster_id=self.cluster.pk, status=NodeStatus.DRAINING).values_list("pk", flat=True))
+            targets = list(
+                Node.objects.filter(cluster_id=self.cluster.pk, status=NodeStatus.DRAINING).values_list("pk", flat=True)
+            )
             if not targets:
                 raise StageError("no node is marked for removal.")
             return InventoryRenderer.render_for_scale_remove(self.cluster, targets)
@@ -252,7 +270,9 @@ class StageOrchestrator:
 
     def _job_vars(self) -> dict[str, Any]:
         params = self.job.params or {}
-        version = str(params.get("target_version") or self.cluster.rke2_version) if self.job.kind == JobKind.UPGRADE else self.cluster.rke2_version
+        version = str(self.cluster.rke2_version)
+        if self.job.kind == JobKind.UPGRADE:
+            version = str(params.get("target_version") or version)
         variables: dict[str, Any] = {
             "rke2_install_method": settings.RKE2_INSTALL_METHOD,
             "rke2_install_script_url": settings.RKE2_INSTALL_SCRIPT_URL,
@@ -280,8 +300,11 @@ class StageOrchestrator:
         if kind == JobKind.SCALE_ADD:
             self.new_node_ids = list(
                 Node.objects.filter(
-                    cluster_id=self.cluster.pk, status__in=(NodeStatus.PENDING, NodeStatus.FAILED, NodeStatus.INSTALLING)
-                ).order_by("created_at", "pk").values_list("pk", flat=True)
+                    cluster_id=self.cluster.pk,
+                    status__in=(NodeStatus.PENDING, NodeStatus.FAILED, NodeStatus.INSTALLING),
+                )
+                .order_by("created_at", "pk")
+                .values_list("pk", flat=True)
             )
         running_status = RUNNING_CLUSTER_STATUS.get(kind)
         if running_status:
@@ -293,7 +316,9 @@ class StageOrchestrator:
         if stage in INSTALLING_STAGES:
             state.nodes_succeed(list(node_ids.values()), self.job)
         if kind == JobKind.INSTALL and stage == InstallationStage.INITIAL_MASTER:
-            Cluster.objects.filter(pk=self.cluster.pk, bootstrapped_at__isnull=True).update(bootstrapped_at=timezone.now())
+            Cluster.objects.filter(pk=self.cluster.pk, bootstrapped_at__isnull=True).update(
+                bootstrapped_at=timezone.now()
+            )
         if result.outcome.kubeconfig is not None:
             state.cluster_update(self.cluster.pk, kubeconfig=result.outcome.kubeconfig)
         if kind == JobKind.SCALE_REMOVE:
@@ -320,16 +345,25 @@ class StageOrchestrator:
             # Hosts that reached the end of the stage are installed even though another host failed; the others
             # stopped with the stage (canceled, timed out, or the play aborted after the first failure).
             completed = [
-                node_id for hostname, node_id in node_ids.items()
+                node_id
+                for hostname, node_id in node_ids.items()
                 if not stopped and node_id not in errors and _completed(outcome, hostname)
             ]
-            for hostname, node_id in node_ids.items():
+            for node_id in node_ids.values():
                 if node_id not in errors and node_id not in completed:
                     errors[node_id] = reason if stopped else f"Stage {stage} stopped before completing on this node."
             state.nodes_succeed(completed, self.job)
             state.nodes_fail(errors, self.job)
-        elif errors:
-            # Post-checks, upgrades, health: a node that failed them is failed; scale-in targets keep draining.
+        else:
+            # Post-checks, upgrades, health: a node that failed them is failed; scale-in targets keep draining. A
+            # check that runs on the API host about other nodes ("Nodes not Ready: ...") fails on the API host;
+            # a host Kubernetes reports Ready is not blamed for it (the readiness facts mark the others).
+            ready = outcome.artifact_data.get("rke2_node_ready") or {}
+            errors = {
+                node_id: message
+                for hostname, node_id in node_ids.items()
+                if (message := errors.get(node_id)) is not None and ready.get(hostname) is not True
+            }
             state.nodes_fail(errors, self.job, statuses=(NodeStatus.ACTIVE, NodeStatus.INSTALLING, NodeStatus.FAILED))
         state.nodes_abort(self.cluster.pk, self.job, reason)
 
@@ -368,20 +402,29 @@ class StageOrchestrator:
         with transaction.atomic():
             JobHostSummary.objects.filter(job_id=self.job.pk).delete()
             JobHostSummary.objects.bulk_create(
-                [JobHostSummary(job_id=self.job.pk, host_name=host[:255], **counts) for host, counts in sorted(self.host_totals.items())]
+                [
+                    JobHostSummary(job_id=self.job.pk, host_name=host[:255], **counts)
+                    for host, counts in sorted(self.host_totals.items())
+                ]
             )
 
     def _record_stage(self, stage: str, playbook: str, outcome: RunOutcome) -> None:
-        self.job.result = {**(self.job.result or {}), "stages": [*(self.job.result or {}).get("stages", []), {
-            "stage": stage,
-            "playbook": playbook,
-            "status": outcome.status,
-            "rc": outcome.rc,
-            "duration": round(outcome.duration, 3),
-            "events": outcome.events,
-            "explanation": outcome.explanation,
-            "failed_hosts": outcome.host_errors,
-        }]}
+        self.job.result = {
+            **(self.job.result or {}),
+            "stages": [
+                *(self.job.result or {}).get("stages", []),
+                {
+                    "stage": stage,
+                    "playbook": playbook,
+                    "status": outcome.status,
+                    "rc": outcome.rc,
+                    "duration": round(outcome.duration, 3),
+                    "events": outcome.events,
+                    "explanation": outcome.explanation,
+                    "failed_hosts": outcome.host_errors,
+                },
+            ],
+        }
         self._set_job(result=self.job.result, rc=outcome.rc)
 
     def _set_job(self, **fields: Any) -> None:
@@ -399,7 +442,9 @@ class StageOrchestrator:
         kind = self.job.kind
         now = timezone.now()
         with transaction.atomic():
-            still_ours = Job.objects.filter(pk=self.job.pk, status=JobStatus.RUNNING, worker_pid=self.job.worker_pid).exists()
+            still_ours = Job.objects.filter(
+                pk=self.job.pk, status=JobStatus.RUNNING, worker_pid=self.job.worker_pid
+            ).exists()
             if still_ours:
                 try:
                     state.cluster_settle_after_job(self.job, status)
@@ -407,19 +452,24 @@ class StageOrchestrator:
                     logger.exception("job %s: could not settle the state of cluster %s", self.job.pk, self.cluster.pk)
             result = {**(self.job.result or {}), "facts": self.facts, "dropped_events": self.writer.dropped}
             updated = Job.objects.filter(pk=self.job.pk, status=JobStatus.RUNNING).update(
-                status=status, finished_at=now, explanation=explanation[:10000], result=result,
-                emitted_events=self.writer.emitted, heartbeat_at=now,
+                status=status,
+                finished_at=now,
+                explanation=explanation[:10000],
+                result=result,
+                emitted_events=self.writer.emitted,
+                heartbeat_at=now,
             )
         if not updated:
             logger.warning("job %s (%s) had already been ended by someone else", self.job.pk, kind)
         else:
             logger.info("job %s (%s) on cluster %s: %s", self.job.pk, kind, self.cluster.pk, status)
 
-    def _cancel_explanation(self, stage: str) -> str:
-        job = Job.objects.select_related("cancel_requested_by").only(
-            "cancel_requested_by__username", "cancel_requested_at"
-        ).get(pk=self.job.pk)
-        who = f" by {job.cancel_requested_by.username}" if job.cancel_requested_by else ""
+    def _cancel_explanation(self, stage: str, *, next_stage: str = "") -> str:
+        job = Job.objects.select_related("cancel_requested_by").get(pk=self.job.pk)
+        who = f" by {job.cancel_requested_by.get_username()}" if job.cancel_requested_by else ""
+        if next_stage:
+            done = f" after stage {stage}" if self.results else ""
+            return f"Canceled{who}{done}; stage {next_stage} did not start."
         return f"Canceled{who} during stage {stage}; the playbook was stopped."
 
     def _success_explanation(self) -> str:

@@ -79,7 +79,19 @@ def jobs_reap_lost(*, now: datetime | None = None) -> list[int]:
     candidates = list(
         Job.objects.filter(status=JobStatus.RUNNING)
         .filter(Q(heartbeat_at__lt=cutoff) | Q(heartbeat_at__isnull=True) | Q(worker_hostname=host))
-        .only("id", "cluster_id", "kind", "params", "status", "stage", "heartbeat_at", "started_at", "worker_hostname", "worker_pid", "ansible_pid")
+        .only(
+            "id",
+            "cluster_id",
+            "kind",
+            "params",
+            "status",
+            "stage",
+            "heartbeat_at",
+            "started_at",
+            "worker_hostname",
+            "worker_pid",
+            "ansible_pid",
+        )
     )
     reaped = []
     for job in candidates:
@@ -108,8 +120,13 @@ def job_mark_lost(*, job: Job, explanation: str) -> bool:
         state.cluster_settle_after_job(job, JobStatus.FAILED)
         last = JobEvent.objects.filter(job_id=job.pk).aggregate(last=Max("counter"))["last"] or 0
         JobEvent.objects.create(
-            job_id=job.pk, counter=last + 1, stage=job.stage, event="portal_message",
-            stdout=explanation, end_line=1, created=now,
+            job_id=job.pk,
+            counter=last + 1,
+            stage=job.stage,
+            event="portal_message",
+            stdout=explanation,
+            end_line=1,
+            created=now,
         )
         # Events still queued in the dead worker are gone: the log is complete as stored.
         Job.objects.filter(pk=job.pk).update(emitted_events=JobEvent.objects.filter(job_id=job.pk).count())
@@ -184,7 +201,9 @@ def job_events_purge(*, older_than_days: int | None = None, batch_size: int = 10
     days = settings.JOB_EVENT_RETENTION_DAYS if older_than_days is None else older_than_days
     cutoff = timezone.now() - timedelta(days=days)
     job_ids = list(
-        Job.objects.filter(finished_at__lt=cutoff, emitted_events__gt=0).exclude(status__in=ACTIVE_JOB_STATUSES).values_list("pk", flat=True)
+        Job.objects.filter(finished_at__lt=cutoff, emitted_events__gt=0)
+        .exclude(status__in=ACTIVE_JOB_STATUSES)
+        .values_list("pk", flat=True)
     )
     deleted = 0
     for job_id in job_ids:

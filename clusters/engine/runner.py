@@ -67,9 +67,25 @@ _PRIVATE_DIR_RE = re.compile(r"^job(?P<job>\d+)\.(?P<pid>\d+)\.")
 # Django and encryption keys, broker URL) stays out of its environment and of ansible-runner's artifacts.
 _ENV_KEEP = frozenset(
     {
-        "PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM",
-        "http_proxy", "https_proxy", "no_proxy", "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY",
-        "AWX_ISOLATED_DATA_DIR", "ORIGINAL_STDOUT_CALLBACK", "MAX_EVENT_RES",
+        "PATH",
+        "HOME",
+        "USER",
+        "LOGNAME",
+        "SHELL",
+        "LANG",
+        "LANGUAGE",
+        "TZ",
+        "TMPDIR",
+        "TERM",
+        "http_proxy",
+        "https_proxy",
+        "no_proxy",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "NO_PROXY",
+        "AWX_ISOLATED_DATA_DIR",
+        "ORIGINAL_STDOUT_CALLBACK",
+        "MAX_EVENT_RES",
     }
 )
 _ENV_KEEP_PREFIXES = ("LC_", "ANSIBLE_", "RUNNER_")
@@ -235,7 +251,9 @@ class PlaybookRunner:
         control.writer = writer
 
     # Events that are not Ansible's: stage banners and engine messages, numbered in the same sequence.
-    def emit_message(self, stage: str, text: str, *, event: str = "portal_message", data: Mapping[str, Any] | None = None) -> None:
+    def emit_message(
+        self, stage: str, text: str, *, event: str = "portal_message", data: Mapping[str, Any] | None = None
+    ) -> None:
         self.last_counter += 1
         self.writer.put(
             QueuedEvent(
@@ -262,7 +280,9 @@ class PlaybookRunner:
             interrupted = False
         except Exception as exc:  # noqa: BLE001 - any failure becomes the run's outcome
             logger.exception("job %s: stage %s could not run", self.job_id, spec.stage)
-            outcome = RunOutcome(status="error", explanation=f"The playbook could not run: {self.redactor.text(str(exc))}")
+            outcome = RunOutcome(
+                status="error", explanation=f"The playbook could not run: {self.redactor.text(str(exc))}"
+            )
         finally:
             self._stop_leftovers(private_dir, kill_playbook=interrupted)
             remove_private_dir(private_dir)
@@ -286,7 +306,9 @@ class PlaybookRunner:
         write_private_file(private_dir / "env" / "extravars", serialize_extravars(extravars))
         known_hosts_path = private_dir / "known_hosts"
         strict = bool(self.ssh.known_hosts.strip())
-        write_private_file(known_hosts_path, _with_newline(self.ssh.known_hosts if strict else self._accepted_host_keys))
+        write_private_file(
+            known_hosts_path, _with_newline(self.ssh.known_hosts if strict else self._accepted_host_keys)
+        )
 
         envvars = {
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(private_dir / "cp"),
@@ -294,8 +316,10 @@ class PlaybookRunner:
             "ANSIBLE_HOST_KEY_CHECKING": "True",
             "ANSIBLE_SSH_COMMON_ARGS": " ".join(
                 [
-                    "-o", shlex.quote(f"UserKnownHostsFile={known_hosts_path}"),
-                    "-o", f"StrictHostKeyChecking={'yes' if strict else 'accept-new'}",
+                    "-o",
+                    shlex.quote(f"UserKnownHostsFile={known_hosts_path}"),
+                    "-o",
+                    f"StrictHostKeyChecking={'yes' if strict else 'accept-new'}",
                 ]
             ),
             "MAX_EVENT_RES": str(settings.JOB_EVENT_MAX_RESULT_CHARS),
@@ -344,11 +368,17 @@ class PlaybookRunner:
         self._remember_host_keys(known_hosts_path, strict)
         outcome = RunOutcome(status=str(status), rc=rc)
         if status == "canceled":
-            outcome.explanation = "Stopped: the job is no longer running." if self.control.lost and not self.control.cancel_requested else "Canceled on request."
+            outcome.explanation = (
+                "Stopped: the job is no longer running."
+                if self.control.lost and not self.control.cancel_requested
+                else "Canceled on request."
+            )
         elif status == "timeout":
             elapsed = time.monotonic() - state.started
             if spec.timeout and elapsed >= float(spec.timeout):
-                outcome.explanation = f"Timed out: the job may run for {_seconds(spec.job_timeout or spec.timeout)} at most."
+                outcome.explanation = (
+                    f"Timed out: the job may run for {_seconds(spec.job_timeout or spec.timeout)} at most."
+                )
             else:
                 outcome.explanation = f"Timed out: no output for {_seconds(spec.idle_timeout or 0)}."
         elif status == "failed":

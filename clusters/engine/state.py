@@ -53,8 +53,14 @@ def nodes_start_install(node_ids: Collection[int], job: Job, *, now: datetime | 
     """Nodes about to be installed: pending or failed ones become ``installing``; active ones (a resumed stage
     runs again on them) stay active."""
     now = now or timezone.now()
-    Node.objects.filter(pk__in=node_ids, status__in=(NodeStatus.PENDING, NodeStatus.FAILED, NodeStatus.INSTALLING)).update(
-        status=NodeStatus.INSTALLING, install_started_at=now, install_finished_at=None, last_error="", last_job=job,
+    Node.objects.filter(
+        pk__in=node_ids, status__in=(NodeStatus.PENDING, NodeStatus.FAILED, NodeStatus.INSTALLING)
+    ).update(
+        status=NodeStatus.INSTALLING,
+        install_started_at=now,
+        install_finished_at=None,
+        last_error="",
+        last_job=job,
         updated_at=now,
     )
     nodes_touch(node_ids, job)
@@ -81,7 +87,9 @@ def nodes_fail(errors: Mapping[int, str], job: Job, *, statuses: Iterable[str] |
         Node.objects.filter(pk__in=ids, status__in=allowed).update(
             status=NodeStatus.FAILED, last_error=message, last_job=job, updated_at=now
         )
-        Node.objects.filter(pk__in=ids).exclude(status__in=allowed).update(last_error=message, last_job=job, updated_at=now)
+        Node.objects.filter(pk__in=ids).exclude(status__in=allowed).update(
+            last_error=message, last_job=job, updated_at=now
+        )
 
 
 def nodes_note_errors(errors: Mapping[int, str], job: Job) -> None:
@@ -120,7 +128,9 @@ def nodes_apply_readiness(cluster_id: int, ready: Mapping[str, Any], job: Job) -
     not_ready = [str(name) for name, value in ready.items() if value is not True]
     base = Node.objects.filter(cluster_id=cluster_id, status__in=installed)
     if ready_names:
-        base.filter(hostname__in=ready_names).update(status=NodeStatus.ACTIVE, last_error="", last_job=job, updated_at=now)
+        base.filter(hostname__in=ready_names).update(
+            status=NodeStatus.ACTIVE, last_error="", last_job=job, updated_at=now
+        )
     if not_ready:
         base.filter(hostname__in=not_ready).update(
             status=NodeStatus.FAILED, last_error="The node is not Ready in Kubernetes.", last_job=job, updated_at=now
@@ -142,8 +152,13 @@ def cluster_uninstalled(cluster_id: int, job: Job) -> None:
     new install starts a new cluster with a new secret."""
     now = timezone.now()
     Node.objects.filter(cluster_id=cluster_id, status__in=LIVE_NODE_STATUSES).update(
-        status=NodeStatus.PENDING, installed_version="", install_started_at=None, install_finished_at=None,
-        last_error="", last_job=job, updated_at=now,
+        status=NodeStatus.PENDING,
+        installed_version="",
+        install_started_at=None,
+        install_finished_at=None,
+        last_error="",
+        last_job=job,
+        updated_at=now,
     )
     cluster_update(
         cluster_id,

@@ -222,7 +222,8 @@ def lifecycle(host_network: HostNetwork) -> Iterator[Lifecycle]:
     finally:
         runner.cleanup()
         for host in hosts.values():
-            host_network.destroy_host(host)
+            if host in host_network.hosts:
+                host_network.destroy_host(host)
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
@@ -460,12 +461,27 @@ def test_health_and_kubeconfig(cluster: Lifecycle) -> None:
     assert yaml.safe_load(dest.read_text())["clusters"][0]["cluster"]["server"] == f"https://{cluster.hosts['m1'].ip}:6443"
 
 
+def test_ungraceful_removal_of_a_lost_worker(cluster: Lifecycle) -> None:
+    cluster.network.destroy_host(cluster.hosts["w2"])
+    targets = nodes_mark_for_removal(cluster=cluster.cluster(), hostnames=["w2"])
+
+    result = cluster.run_ok(
+        "scale_remove.yml", cluster.render("render_for_scale_remove", targets), cluster.job_vars(V2, rke2_ungraceful=True)
+    )
+
+    # Nothing tried to reach the lost host (that would be an unreachable result): only the API host worked.
+    assert result.stats["dark"] == {}
+    assert result.artifact_data["rke2_removed_nodes"] == ["w2"]
+    assert "w2" not in cluster.node_states()
+    cluster.set_status(["w2"], NodeStatus.REMOVED)
+
+
 def test_uninstall_removes_rke2_everywhere(cluster: Lifecycle) -> None:
     rendered = cluster.render("render_for_operation")
 
     result = cluster.run_ok("uninstall.yml", rendered, cluster.job_vars(V2))
 
-    names = ["m1", "m2", *WORKERS, EXTRA_WORKER]
+    names = ["m1", "m2", "w1", EXTRA_WORKER]
     assert set(rendered.hosts("all")) == set(names)
     first_master = min(event["counter"] for event in result.task_events("Uninstall RKE2", "runner_on_ok")
                        if event["event_data"]["host"] in MASTERS)

@@ -65,7 +65,10 @@ def worker_env(airgap_dir: Path, work_dir: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def start_worker(worker_factory: Callable[..., WorkerProcess], worker_env: dict[str, str]) -> Callable[..., WorkerProcess]:
+def start_worker(
+    worker_factory: Callable[..., WorkerProcess],  # noqa: F811 - the fixture imported above
+    worker_env: dict[str, str],
+) -> Callable[..., WorkerProcess]:
     def start(**overrides: str) -> WorkerProcess:
         return worker_factory({**worker_env, **overrides})
 
@@ -76,7 +79,9 @@ def start_worker(worker_factory: Callable[..., WorkerProcess], worker_env: dict[
 def make_test_cluster(host_network: HostNetwork, transactional_db: None) -> Callable[..., Cluster]:
     def make(hosts: Sequence[Host], *, masters: int = 1, name: str = "e2e") -> Cluster:
         credential = credential_create(
-            name=f"{name}-root", username="root", private_key=host_network.private_key_text,
+            name=f"{name}-root",
+            username="root",
+            private_key=host_network.private_key_text,
             known_hosts=host_network.known_hosts_text,
         )
         nodes = [
@@ -99,7 +104,11 @@ def wait_for(predicate: Callable[[], Any], *, timeout: float, interval: float = 
 
 
 def wait_finished(job: Job, *, timeout: float = 600) -> Job:
-    wait_for(lambda: Job.objects.filter(pk=job.pk).exclude(status__in=ACTIVE_JOB_STATUSES).exists(), timeout=timeout,
-             interval=0.5, what=f"job {job.pk} to finish")
+    wait_for(
+        lambda: Job.objects.filter(pk=job.pk).exclude(status__in=ACTIVE_JOB_STATUSES).exists(),
+        timeout=timeout,
+        interval=0.5,
+        what=f"job {job.pk} to finish",
+    )
     job.refresh_from_db()
     return job

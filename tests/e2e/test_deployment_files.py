@@ -56,14 +56,15 @@ def check_command(argv: list[str]) -> None:
         assert callable(getattr(importlib.import_module(module), attribute or "application"))
     elif program == "celery":
         app_name = next(arg.split("=", 1)[1] for arg in argv if arg.startswith("--app="))
-        app = getattr(importlib.import_module(f"{app_name}.celery"), "app")
+        app = importlib.import_module(f"{app_name}.celery").app
         assert isinstance(app, Celery)
         subcommand = next(arg for arg in argv[1:] if not arg.startswith("-"))
         assert subcommand in ("worker", "beat", "inspect"), subcommand
         queues = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--queues=")]
         if subcommand == "worker":
-            from clusters.services.jobs import JOB_QUEUE
             from django.conf import settings
+
+            from clusters.services.jobs import JOB_QUEUE
 
             assert queues, "the worker must name its queues"
             assert set(queues[0].split(",")) == {JOB_QUEUE, settings.CELERY_TASK_DEFAULT_QUEUE}
@@ -75,7 +76,7 @@ def check_command(argv: list[str]) -> None:
 
 def test_every_command_exists_in_the_project(compose: dict[str, Any]) -> None:
     checked = 0
-    for name, service in compose["services"].items():
+    for service in compose["services"].values():
         commands = []
         if "command" in service:
             commands.append(service["command"])
@@ -84,7 +85,9 @@ def test_every_command_exists_in_the_project(compose: dict[str, Any]) -> None:
         for command in commands:
             for argv in argv_of(command):
                 # ${VAR:-default} in arguments is substituted by compose; check the default.
-                argv = [_VARIABLE_RE.sub(lambda m: (m.group(0).split(":-", 1) + ["1"])[1].rstrip("}"), arg) for arg in argv]
+                argv = [
+                    _VARIABLE_RE.sub(lambda m: (m.group(0).split(":-", 1) + ["1"])[1].rstrip("}"), arg) for arg in argv
+                ]
                 check_command(argv)
                 checked += 1
     assert checked >= 8
@@ -112,7 +115,9 @@ def test_configuration_comes_from_the_environment(compose: dict[str, Any]) -> No
     for name in APP_SERVICES:
         service = compose["services"][name]
         environment = service["environment"]
-        assert environment["DATABASE_URL"].startswith("postgres://") and "@postgres:5432/" in environment["DATABASE_URL"]
+        assert (
+            environment["DATABASE_URL"].startswith("postgres://") and "@postgres:5432/" in environment["DATABASE_URL"]
+        )
         assert environment["CELERY_BROKER_URL"] == "redis://redis:6379/0"
         assert any(entry["path"] == ".env" for entry in service["env_file"])
     assert "SECRET" not in COMPOSE.read_text().replace("DJANGO_SECRET_KEY", "")

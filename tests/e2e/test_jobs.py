@@ -4,7 +4,6 @@ and a worker killed mid-run (failed with an explanation after its restart, then 
 
 from __future__ import annotations
 
-import os
 import subprocess
 import tempfile
 import threading
@@ -53,7 +52,10 @@ def assert_nothing_left(work_dir: Path) -> None:
 
 
 def test_install_from_request_to_complete(
-    make_hosts: MakeHosts, make_test_cluster: Callable[..., Cluster], start_worker: Callable[..., WorkerProcess], work_dir: Path
+    make_hosts: MakeHosts,
+    make_test_cluster: Callable[..., Cluster],
+    start_worker: Callable[..., WorkerProcess],
+    work_dir: Path,
 ) -> None:
     hosts = make_hosts(3)
     cluster = make_test_cluster(hosts, masters=1)
@@ -84,9 +86,12 @@ def test_install_from_request_to_complete(
     # Events are in the database while the job runs, not only at the end.
     wait_for(lambda: Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).exists(), timeout=30, what="the claim")
     seen_running = wait_for(
-        lambda: Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).exists()
-        and JobEvent.objects.filter(job=job, event="runner_on_ok").count() >= 3,
-        timeout=120, what="events of the running job",
+        lambda: (
+            Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING).exists()
+            and JobEvent.objects.filter(job=job, event="runner_on_ok").count() >= 3
+        ),
+        timeout=120,
+        what="events of the running job",
     )
     assert seen_running
 
@@ -98,7 +103,12 @@ def test_install_from_request_to_complete(
     assert cluster.bootstrapped_at is not None
     nodes = list(Node.objects.filter(cluster=cluster))
     assert {(node.status, node.installed_version) for node in nodes} == {(NodeStatus.ACTIVE, VERSION)}
-    assert {row.stage for row in JobEvent.objects.filter(job=job).only("stage")} == {"initial_master", "joining_masters", "workers", "all"}
+    assert {row.stage for row in JobEvent.objects.filter(job=job).only("stage")} == {
+        "initial_master",
+        "joining_masters",
+        "workers",
+        "all",
+    }
     counters = list(JobEvent.objects.filter(job=job).values_list("counter", flat=True))
     assert counters == list(range(1, len(counters) + 1)) and job.emitted_events == len(counters)
     assert "PLAY RECAP" in "".join(job_stdout_chunks(job=job))
@@ -110,7 +120,10 @@ def test_install_from_request_to_complete(
         handle.write(kubeconfig)
         handle.flush()
         result = subprocess.run(
-            ["kubectl", "--kubeconfig", handle.name, "get", "nodes", "-o", "name"], capture_output=True, text=True, timeout=60
+            ["kubectl", "--kubeconfig", handle.name, "get", "nodes", "-o", "name"],
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert result.returncode == 0, result.stderr
     assert sorted(result.stdout.split()) == sorted(f"node/{host.name}" for host in hosts)
@@ -125,15 +138,21 @@ def test_install_from_request_to_complete(
 
 
 def test_cancel_stops_a_running_install(
-    make_hosts: MakeHosts, make_test_cluster: Callable[..., Cluster], start_worker: Callable[..., WorkerProcess], work_dir: Path
+    make_hosts: MakeHosts,
+    make_test_cluster: Callable[..., Cluster],
+    start_worker: Callable[..., WorkerProcess],
+    work_dir: Path,
 ) -> None:
     hosts = make_hosts(2)
     cluster = make_test_cluster(hosts, masters=1, name="cancel")
     start_worker()
     job = job_request(cluster=cluster, kind=JobKind.INSTALL)
 
-    wait_for(lambda: JobEvent.objects.filter(job=job, stage="workers", event="runner_on_start").exists(),
-             timeout=300, what="the workers stage to start")
+    wait_for(
+        lambda: JobEvent.objects.filter(job=job, stage="workers", event="runner_on_start").exists(),
+        timeout=300,
+        what="the workers stage to start",
+    )
     pid = Job.objects.get(pk=job.pk).ansible_pid
     assert pid and psutil.pid_exists(pid)
     canceled_at = time.monotonic()
@@ -152,15 +171,21 @@ def test_cancel_stops_a_running_install(
 
 
 def test_a_worker_killed_mid_run_leaves_a_failed_job_that_can_be_resumed(
-    make_hosts: MakeHosts, make_test_cluster: Callable[..., Cluster], start_worker: Callable[..., WorkerProcess], work_dir: Path
+    make_hosts: MakeHosts,
+    make_test_cluster: Callable[..., Cluster],
+    start_worker: Callable[..., WorkerProcess],
+    work_dir: Path,
 ) -> None:
     hosts = make_hosts(2)
     cluster = make_test_cluster(hosts, masters=1, name="crash")
     worker = start_worker()
     job = job_request(cluster=cluster, kind=JobKind.INSTALL)
 
-    wait_for(lambda: JobEvent.objects.filter(job=job, stage="workers", event="runner_on_start").exists(),
-             timeout=300, what="the workers stage to start")
+    wait_for(
+        lambda: JobEvent.objects.filter(job=job, stage="workers", event="runner_on_start").exists(),
+        timeout=300,
+        what="the workers stage to start",
+    )
     pid = Job.objects.get(pk=job.pk).ansible_pid
     assert pid and psutil.pid_exists(pid)
     worker.kill()
@@ -174,8 +199,11 @@ def test_a_worker_killed_mid_run_leaves_a_failed_job_that_can_be_resumed(
     job = wait_finished(job, timeout=30)
     assert job.status == JobStatus.FAILED
     assert job.explanation.startswith("Worker lost:") and "is gone" in job.explanation
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
-             timeout=10, what="the orphaned playbook to die")
+    wait_for(
+        lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE,
+        timeout=10,
+        what="the orphaned playbook to die",
+    )
     assert_nothing_left(work_dir)
     cluster.refresh_from_db()
     assert cluster.installation_stage == InstallationStage.FAILED

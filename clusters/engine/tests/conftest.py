@@ -19,7 +19,6 @@ import yaml
 
 from clusters.services.jobs import job_request
 from clusters.tests.factories import make_cluster, make_credential
-
 from tests.worker import job_worker, worker_factory  # noqa: F401  (fixtures)
 
 KUBECONFIG = """apiVersion: v1
@@ -45,9 +44,16 @@ STAGE_HOSTS = {
     "scale_remove": "remove",
 }
 PLAYBOOK_FILES = {
-    "preflight": "preflight.yml", "initial_master": "initial_master.yml", "joining_masters": "joining_masters.yml",
-    "workers": "workers.yml", "all": "all.yml", "upgrade": "upgrade.yml", "uninstall": "uninstall.yml",
-    "scale_remove": "scale_remove.yml", "health": "health.yml", "fetch_kubeconfig": "kubeconfig.yml",
+    "preflight": "preflight.yml",
+    "initial_master": "initial_master.yml",
+    "joining_masters": "joining_masters.yml",
+    "workers": "workers.yml",
+    "all": "all.yml",
+    "upgrade": "upgrade.yml",
+    "uninstall": "uninstall.yml",
+    "scale_remove": "scale_remove.yml",
+    "health": "health.yml",
+    "fetch_kubeconfig": "kubeconfig.yml",
 }
 REPORTS_VERSION = {"initial_master", "joining_masters", "workers", "all", "upgrade"}
 
@@ -97,7 +103,9 @@ def _stage_tasks(stage: str) -> list[dict[str, Any]]:
         tasks.append(
             {
                 "name": "Report the installed version",
-                "ansible.builtin.set_stats": {"data": {"rke2_installed_versions": "{{ {inventory_hostname: rke2_version} }}"}},
+                "ansible.builtin.set_stats": {
+                    "data": {"rke2_installed_versions": "{{ {inventory_hostname: rke2_version} }}"}
+                },
             }
         )
     return tasks
@@ -123,7 +131,11 @@ def _readiness_tasks(hosts_expr: str) -> list[dict[str, Any]]:
 
 _WRITE_KUBECONFIG = {
     "name": "Write the kubeconfig",
-    "ansible.builtin.copy": {"content": "{{ behaviour.kubeconfig }}", "dest": "{{ rke2_kubeconfig_dest }}", "mode": "0600"},
+    "ansible.builtin.copy": {
+        "content": "{{ behaviour.kubeconfig }}",
+        "dest": "{{ rke2_kubeconfig_dest }}",
+        "mode": "0600",
+    },
     "when": "rke2_kubeconfig_dest is defined",
     "no_log": True,
 }
@@ -135,7 +147,9 @@ def fake_playbooks() -> dict[str, list[dict[str, Any]]]:
         books[PLAYBOOK_FILES[stage]] = [_play(stage, hosts, _stage_tasks(stage))]
     stage_hosts = "(groups['initial_master'] + groups['joining_masters'] + groups['workers'])"
     books["all.yml"].append(_play("all", "api_host", [*_readiness_tasks(stage_hosts), _WRITE_KUBECONFIG]))
-    books["health.yml"] = [_play("health", "api_host", _readiness_tasks("(groups['rke2_servers'] + groups['rke2_agents'])"))]
+    books["health.yml"] = [
+        _play("health", "api_host", _readiness_tasks("(groups['rke2_servers'] + groups['rke2_agents'])"))
+    ]
     books["kubeconfig.yml"] = [_play("fetch_kubeconfig", "api_host", [_WRITE_KUBECONFIG])]
     books["scale_remove.yml"][0]["tasks"].append(
         {
@@ -153,7 +167,12 @@ class FakeProject:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.behaviour: dict[str, Any] = {
-            "fail": {}, "sleep": {}, "events": {}, "ready": {}, "echo_token": False, "kubeconfig": KUBECONFIG,
+            "fail": {},
+            "sleep": {},
+            "events": {},
+            "ready": {},
+            "echo_token": False,
+            "kubeconfig": KUBECONFIG,
         }
         for name, plays in fake_playbooks().items():
             (path / name).write_text(yaml.safe_dump(plays, sort_keys=False))

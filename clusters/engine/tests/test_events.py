@@ -21,7 +21,9 @@ TOKEN = "9b8a7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f"
 @pytest.fixture
 def job() -> Job:
     cluster = make_cluster("events")
-    return Job.objects.create(cluster=cluster, kind=JobKind.INSTALL, status=JobStatus.RUNNING, stages=["initial_master"])
+    return Job.objects.create(
+        cluster=cluster, kind=JobKind.INSTALL, status=JobStatus.RUNNING, stages=["initial_master"]
+    )
 
 
 def runner_event(counter: int, **fields: Any) -> dict[str, Any]:
@@ -58,7 +60,13 @@ def test_events_are_written_in_batches_within_the_flush_interval(job: Job) -> No
         writer.close()
     assert writer.emitted == 120 and writer.stored == 120 and writer.dropped == 0
     event = JobEvent.objects.get(job=job, counter=7)
-    assert (event.stage, event.event, event.host_name, event.task, event.play) == ("initial_master", "runner_on_ok", "h1", "Say", "Play")
+    assert (event.stage, event.event, event.host_name, event.task, event.play) == (
+        "initial_master",
+        "runner_on_ok",
+        "h1",
+        "Say",
+        "Play",
+    )
     assert event.changed and not event.failed and event.created.microsecond == 123456
     assert (event.start_line, event.end_line) == (6, 7)
 
@@ -97,7 +105,11 @@ def test_secrets_and_nul_characters_never_reach_the_database(job: Job) -> None:
         queued(
             1,
             stdout=f"token {TOKEN}\x00 end",
-            event_data={"host": "h1", "task": f"use {TOKEN}", "res": {"stdout": f"K10::server:{TOKEN}", "raw": "a\x00b"}},
+            event_data={
+                "host": "h1",
+                "task": f"use {TOKEN}",
+                "res": {"stdout": f"K10::server:{TOKEN}", "raw": "a\x00b"},
+            },
         )
     )
     writer.close()
@@ -110,11 +122,21 @@ def test_secrets_and_nul_characters_never_reach_the_database(job: Job) -> None:
 def test_failed_and_changed_flags_follow_ansible() -> None:
     redactor = Redactor([])
     failed = build_event(1, queued(1, event="runner_on_failed", event_data={"host": "h", "res": {}}), redactor)
-    ignored = build_event(1, queued(2, event="runner_on_failed", event_data={"host": "h", "ignore_errors": True}), redactor)
+    ignored = build_event(
+        1, queued(2, event="runner_on_failed", event_data={"host": "h", "ignore_errors": True}), redactor
+    )
     unreachable = build_event(1, queued(3, event="runner_on_unreachable", event_data={"host": "h"}), redactor)
-    stats = build_event(1, queued(4, event="playbook_on_stats", event_data={"failures": {"h": 1}, "changed": {}}), redactor)
+    stats = build_event(
+        1, queued(4, event="playbook_on_stats", event_data={"failures": {"h": 1}, "changed": {}}), redactor
+    )
     ok = build_event(1, queued(5, event="runner_on_ok", event_data={"host": "h", "res": {"changed": False}}), redactor)
-    assert (failed.failed, ignored.failed, unreachable.failed, stats.failed, ok.failed) == (True, False, True, True, False)
+    assert (failed.failed, ignored.failed, unreachable.failed, stats.failed, ok.failed) == (
+        True,
+        False,
+        True,
+        True,
+        False,
+    )
     assert not ok.changed and not stats.changed
 
 

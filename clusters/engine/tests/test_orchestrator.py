@@ -90,7 +90,11 @@ def test_install_runs_every_stage_and_records_the_cluster(fake_project: FakeProj
     assert set(summaries) == {node.hostname for node in nodes}
     assert all(row.ok > 0 and not row.failed for row in summaries.values())
     output = "".join(job_stdout_chunks(job=job))
-    assert output.index("STAGE [initial_master]") < output.index("STAGE [joining_masters]") < output.index("STAGE [workers]")
+    assert (
+        output.index("STAGE [initial_master]")
+        < output.index("STAGE [joining_masters]")
+        < output.index("STAGE [workers]")
+    )
     assert "PLAY RECAP" in output
     assert list(jobs_dir.iterdir()) == []
 
@@ -203,8 +207,11 @@ def test_scale_add_installs_only_the_new_nodes(fake_project: FakeProject) -> Non
 
     cluster = mark_installed(install_cluster_with(masters=1, workers=1))
     _nodes, job = cluster_scale_out(
-        cluster=cluster, nodes=[{"hostname": "alpha-m2", "internal_ip": "10.0.0.12", "role": "server"},
-                                {"hostname": "alpha-w2", "internal_ip": "10.0.0.102", "role": "agent"}]
+        cluster=cluster,
+        nodes=[
+            {"hostname": "alpha-m2", "internal_ip": "10.0.0.12", "role": "server"},
+            {"hostname": "alpha-w2", "internal_ip": "10.0.0.102", "role": "agent"},
+        ],
     )
     assert job.stages == ["joining_masters", "workers"]
 

@@ -30,17 +30,26 @@ def dead_pid() -> int:
 _names = iter(f"lost{index}" for index in range(1000))
 
 
-def running_install(*, host: str = "elsewhere", pid: int | None = None, heartbeat_age: float = 0, **fields: object) -> Job:
+def running_install(
+    *, host: str = "elsewhere", pid: int | None = None, heartbeat_age: float = 0, **fields: object
+) -> Job:
     cluster = install_cluster_with(masters=1, workers=1, name=next(_names))
     job = request(cluster, JobKind.INSTALL)
     now = timezone.now()
     Job.objects.filter(pk=job.pk).update(
-        status=JobStatus.RUNNING, stage="initial_master", started_at=now - timedelta(seconds=heartbeat_age + 5),
-        heartbeat_at=now - timedelta(seconds=heartbeat_age), worker_hostname=host, worker_pid=pid or 4242,
-        emitted_events=10, **fields,
+        status=JobStatus.RUNNING,
+        stage="initial_master",
+        started_at=now - timedelta(seconds=heartbeat_age + 5),
+        heartbeat_at=now - timedelta(seconds=heartbeat_age),
+        worker_hostname=host,
+        worker_pid=pid or 4242,
+        emitted_events=10,
+        **fields,
     )
     Node.objects.filter(cluster=cluster, role="initial_master").update(status=NodeStatus.INSTALLING)
-    Cluster.objects.filter(pk=cluster.pk).update(status=ClusterStatus.INSTALLING, installation_stage=InstallationStage.INITIAL_MASTER)
+    Cluster.objects.filter(pk=cluster.pk).update(
+        status=ClusterStatus.INSTALLING, installation_stage=InstallationStage.INITIAL_MASTER
+    )
     JobEvent.objects.create(job=job, counter=1, event="playbook_on_start", stage="initial_master")
     job.refresh_from_db()
     return job
@@ -73,7 +82,9 @@ def test_jobs_with_a_live_worker_are_left_alone() -> None:
     Job.objects.filter(pk=here.pk).update(started_at=timezone.now())
 
     assert jobs_reap_lost() == []
-    assert set(Job.objects.filter(pk__in=[elsewhere.pk, here.pk]).values_list("status", flat=True)) == {JobStatus.RUNNING}
+    assert set(Job.objects.filter(pk__in=[elsewhere.pk, here.pk]).values_list("status", flat=True)) == {
+        JobStatus.RUNNING
+    }
 
 
 def test_a_job_whose_worker_process_is_gone_is_reaped_at_once() -> None:
@@ -102,7 +113,9 @@ def test_a_heartbeat_that_moved_keeps_the_job() -> None:
 
 def test_the_orphaned_playbook_of_a_lost_job_is_killed(jobs_dir: Path) -> None:
     job = running_install(host=socket.gethostname(), pid=dead_pid(), heartbeat_age=1)
-    orphan = subprocess.Popen(["sh", "-c", "sleep 300", str(jobs_dir / f"job{job.pk}.1.abcdef" / "x")], start_new_session=True)
+    orphan = subprocess.Popen(
+        ["sh", "-c", "sleep 300", str(jobs_dir / f"job{job.pk}.1.abcdef" / "x")], start_new_session=True
+    )
     stranger = subprocess.Popen(["sh", "-c", "sleep 300", str(jobs_dir / "other")], start_new_session=True)
     Job.objects.filter(pk=job.pk).update(ansible_pid=orphan.pid)
     try:
@@ -138,10 +151,20 @@ def test_leftover_private_dirs_of_dead_workers_are_removed(jobs_dir: Path) -> No
 
 def test_events_of_old_jobs_are_purged() -> None:
     cluster = install_cluster_with(name="purge")
-    old = Job.objects.create(cluster=cluster, kind=JobKind.HEALTH, status=JobStatus.SUCCESSFUL, emitted_events=3,
-                             finished_at=timezone.now() - timedelta(days=100))
-    recent = Job.objects.create(cluster=cluster, kind=JobKind.HEALTH, status=JobStatus.FAILED, emitted_events=2,
-                                finished_at=timezone.now() - timedelta(days=1))
+    old = Job.objects.create(
+        cluster=cluster,
+        kind=JobKind.HEALTH,
+        status=JobStatus.SUCCESSFUL,
+        emitted_events=3,
+        finished_at=timezone.now() - timedelta(days=100),
+    )
+    recent = Job.objects.create(
+        cluster=cluster,
+        kind=JobKind.HEALTH,
+        status=JobStatus.FAILED,
+        emitted_events=2,
+        finished_at=timezone.now() - timedelta(days=1),
+    )
     JobEvent.objects.bulk_create([JobEvent(job=old, counter=i, event="verbose") for i in (1, 2, 3)])
     JobEvent.objects.bulk_create([JobEvent(job=recent, counter=i, event="verbose") for i in (1, 2)])
 
