@@ -46,6 +46,8 @@ class SecretAttribute(DeferredAttribute):
     in code (a generated token, a fetched kubeconfig) is masked exactly like one loaded from the database."""
 
     def __set__(self, instance: models.Model, value: Any) -> None:
+        if isinstance(value, (bytes, bytearray)):
+            value = value.decode("utf-8")
         if value is not None and not isinstance(value, Secret):
             value = Secret(value if isinstance(value, str) else str(value))
         instance.__dict__[self.field.attname] = value
@@ -70,6 +72,8 @@ class EncryptedTextField(models.TextField):
     def to_python(self, value: Any) -> Secret | None:
         if value is None or isinstance(value, Secret):
             return value
+        if isinstance(value, (bytes, bytearray)):
+            return Secret(value.decode("utf-8"))
         return Secret(str(value))
 
     def get_prep_value(self, value: Any) -> str | None:

@@ -430,8 +430,8 @@ class _JobOptions(serializers.Serializer):
     """Options any job accepts."""
 
     workers_batch = serializers.RegexField(
-        r"^(?:[1-9][0-9]{0,2}%|[1-9][0-9]{0,3})$", required=False, max_length=5,
-        help_text="How many workers are changed at a time: a count (1-9999) or a percentage such as 25%.",
+        r"^(?:(?:100|[1-9][0-9]?)%|[1-9][0-9]{0,3})$", required=False, max_length=5,
+        help_text="How many workers are changed at a time: a count (1-9999) or a percentage (1%-100%).",
     )
     drain_timeout = serializers.IntegerField(
         min_value=0, max_value=MAX_DRAIN_TIMEOUT, required=False, help_text="Seconds to wait for a node to drain."

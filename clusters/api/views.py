@@ -15,6 +15,7 @@ from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
+from rest_framework.authentication import SessionAuthentication, TokenAuthentication
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, ParseError
 from rest_framework.generics import get_object_or_404
@@ -82,6 +83,8 @@ class FirstRendererNegotiation(BaseContentNegotiation):
 class APIViewSet(viewsets.GenericViewSet):
     """Base of the API's viewsets: JSON only, permission per action, standard pagination and error shape."""
 
+    # Token first: its WWW-Authenticate challenge makes a missing or bad credential a 401, not a 403.
+    authentication_classes = (TokenAuthentication, SessionAuthentication)
     permission_classes = (ActionPermissions,)
     parser_classes = (JSONBodyParser,)
     renderer_classes = (JSONRenderer,)

@@ -244,3 +244,10 @@ def test_decrypting_something_that_is_not_ciphertext_fails_clearly():
         crypto.decrypt("plain text that was never encrypted")
     with pytest.raises(crypto.DecryptionError):
         crypto.decrypt("nön-ascii")
+
+
+def test_bytes_assigned_to_a_secret_field_are_decoded():
+    cluster = make_cluster()
+    cluster.kubeconfig = KUBECONFIG.encode()
+    cluster.save()
+    assert reveal(Cluster.objects.get(pk=cluster.pk).kubeconfig) == KUBECONFIG

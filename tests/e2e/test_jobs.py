@@ -190,8 +190,7 @@ def test_a_worker_killed_mid_run_leaves_a_failed_job_that_can_be_resumed(
     assert pid and psutil.pid_exists(pid)
     worker.kill()
 
-    # The playbook outlives the worker (its own session); the job still looks running.
-    assert psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    # The job still looks running; its playbook may run on (its own session) or die with its terminal.
     assert Job.objects.get(pk=job.pk).status == JobStatus.RUNNING
     assert list(work_dir.iterdir())
 

@@ -126,7 +126,7 @@ def test_install_needs_a_credential(make_cluster, post):
         ({"resume": "yes"}, "resume"),
         ({"resume": 1}, "resume"),
         ({"workers_batch": "0"}, "workers_batch"),
-        ({"workers_batch": "150%x"}, "workers_batch"),
+        ({"workers_batch": "150%"}, "workers_batch"),
         ({"drain_timeout": -1}, "drain_timeout"),
         ({"drain_timeout": 10**12}, "drain_timeout"),
     ],

@@ -309,3 +309,22 @@ def test_secret_values_are_masked_in_stored_events(fake_project: FakeProject) ->
     for event in JobEvent.objects.filter(job=job):
         assert token not in event.stdout and token not in str(event.event_data)
     assert all(f"token {MASK}" in event.stdout for event in shown)
+
+
+def test_a_job_failed_by_a_reaper_stops_its_playbook_and_keeps_the_reapers_verdict(
+    fake_project: FakeProject, jobs_dir: Path
+) -> None:
+    cluster = install_cluster_with(masters=1, workers=0)
+    fake_project.set(sleep={"initial_master": 120})
+    job = request(cluster, JobKind.INSTALL)
+    thread, box = run_in_thread(job.pk)
+    pid = wait_for(lambda: Job.objects.filter(pk=job.pk).values_list("ansible_pid", flat=True).first())
+
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.FAILED, explanation="Worker lost: test")
+    thread.join(15)
+
+    assert not thread.is_alive()
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    job.refresh_from_db()
+    assert job.status == JobStatus.FAILED and job.explanation == "Worker lost: test"
+    assert list(jobs_dir.iterdir()) == []

@@ -66,8 +66,7 @@ def test_a_job_of_a_killed_worker_is_failed_when_a_worker_starts(
         time.sleep(0.1)
     playbook = Job.objects.get(pk=job.pk).ansible_pid
 
-    worker.kill()
-    assert psutil.pid_exists(playbook)  # the playbook runs on without its worker
+    worker.kill()  # the playbook may run on without its worker (its own session), or die with its terminal
     worker.start()
 
     job = wait_finished(job, timeout=30)
