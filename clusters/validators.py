@@ -125,6 +125,9 @@ def parse_rke2_version(value: str) -> tuple[int, int, int, int]:
 
 
 _CONFIG_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9-]*\+?$")
+# Extra config is stored and shown in clear; keys that carry credentials (etcd S3 keys, tokens, passwords) are
+# refused so that no secret lands there.
+_SECRET_KEY_RE = re.compile(r"(secret|token|password|passwd|access-key|private-key)")
 _SCALAR_TYPES = (str, int, float, bool)
 
 
@@ -171,6 +174,11 @@ class RKE2ConfigValidator:
             if key.rstrip("+") in self.reserved:
                 raise ValidationError(
                     f"{key!r} cannot be set here: {self.reserved[key.rstrip('+')]}.", code="reserved_config_key"
+                )
+            if _SECRET_KEY_RE.search(key):
+                raise ValidationError(
+                    f"{key!r} holds a credential: extra configuration is stored in clear and cannot carry secrets.",
+                    code="secret_config_key",
                 )
             items = item if isinstance(item, list) else [item]
             for element in items:

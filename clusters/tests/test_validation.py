@@ -170,6 +170,8 @@ def test_extra_config_keys():
         ({"node-name": "x"}, "host name"),
         ({"kubelet-arg": "a\nb"}, "line breaks"),
         (["not", "a", "mapping"], "mapping"),
+        ({"etcd-s3-secret-key": "abc"}, "cannot carry secrets"),
+        ({"etcd-s3-access-key": "abc"}, "cannot carry secrets"),
     ):
         with pytest.raises(ValidationError) as info:
             check(bad)
