@@ -32,7 +32,14 @@ from urllib.parse import quote
 import psutil
 import pytest
 
-__all__ = ["WorkerProcess", "job_worker", "require_redis", "test_database_url", "worker_factory"]
+__all__ = [
+    "WorkerProcess",
+    "job_worker",
+    "require_redis",
+    "worker_database_url",
+    "worker_environment",
+    "worker_factory",
+]
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -55,7 +62,7 @@ def require_redis() -> str:
     return url
 
 
-def test_database_url() -> str:
+def worker_database_url() -> str:
     """A DATABASE_URL for the test database this process uses (call it once the test database is set up)."""
     from django.db import connection
 
@@ -232,7 +239,7 @@ def worker_environment(extra: Mapping[str, str] | None = None) -> dict[str, str]
         {
             "DJANGO_SETTINGS_MODULE": "rke2portal.test_settings",
             "DJANGO_READ_DOT_ENV_FILE": "false",
-            "DATABASE_URL": test_database_url(),
+            "DATABASE_URL": worker_database_url(),
             "RKE2PORTAL_DATA_DIR": str(settings.DATA_DIR),
             "CELERY_BROKER_URL": settings.CELERY_BROKER_URL,
             "CELERY_BROKER_KEY_PREFIX": settings.CELERY_BROKER_TRANSPORT_OPTIONS.get("global_keyprefix", ""),
