@@ -3,7 +3,9 @@ batched and stored in the database while the playbook runs) and through plain an
 writes, alternately in the same run.
 
 Prints the wall time of both (best of ``BENCH_ROUNDS`` runs each, default 3), their ratio (target <= 1.15), the
-stored events per second, and the ingestion lag (event stored minus event emitted: median and 95th percentile).
+stored events per second, the ingestion lag (event stored minus event emitted: median and 95th percentile), and
+the capacity of the event writer alone (synthetic events queued as fast as possible), which shows the headroom
+above what Ansible emits.
 The database is a throwaway SQLite file, or a throwaway PostgreSQL database created on the server given by
 ``BENCH_POSTGRES_URL`` (e.g. ``postgres://postgres@127.0.0.1:5432/postgres``).
 """
@@ -164,6 +166,43 @@ def run_engine(project: Path, job_id: int) -> tuple[float, int, int]:
     return elapsed, writer.emitted, stored
 
 
+def writer_capacity(job_id: int, count: int = 20000) -> float:
+    """Events per second the EventWriter alone stores (synthetic events queued as fast as possible)."""
+    from django.conf import settings
+
+    from clusters.engine.events import EventWriter, QueuedEvent
+    from clusters.engine.redaction import Redactor
+
+    writer = EventWriter(
+        job_id=job_id,
+        redactor=Redactor(["3f1c9a7e5b2d4f6a8c0e1b3d5f7a9c2e4b6d8f0a1c3e5b7d"]),
+        batch_size=settings.JOB_EVENT_BATCH_SIZE,
+        flush_seconds=settings.JOB_EVENT_FLUSH_SECONDS,
+        queue_size=settings.JOB_EVENT_QUEUE_SIZE,
+    )
+    started = time.perf_counter()
+    writer.start()
+    for counter in range(1, count + 1):
+        writer.put(
+            QueuedEvent(
+                counter=counter,
+                stage="all",
+                data={
+                    "event": "runner_item_on_ok",
+                    "uuid": f"00000000-0000-0000-0000-{counter:012d}",
+                    "counter": counter,
+                    "stdout": f'ok: [host1] => (item={counter}) => {{"msg": "item {counter} of host1"}}',
+                    "start_line": counter,
+                    "end_line": counter + 1,
+                    "created": "2026-01-02T03:04:05.123456+00:00",
+                    "event_data": {"host": "host1", "task": "Say something", "res": {"msg": f"item {counter}"}},
+                },
+            )
+        )
+    writer.close()
+    return count / (time.perf_counter() - started)
+
+
 def lag_seconds(job_id: int) -> list[float]:
     from clusters.models import JobEvent
 
@@ -211,4 +250,6 @@ def main() -> bool:
     )
     print(f"stored events/s: {max(rates):.0f} best, {statistics.median(rates):.0f} median")
     print(f"ingestion lag: median {statistics.median(lags) * 1000:.0f} ms, p95 {p95 * 1000:.0f} ms")
+    capacity_job = Job.objects.create(cluster=cluster, kind="health", status="successful", stages=["all"])
+    print(f"event writer alone (20,000 synthetic events): {writer_capacity(capacity_job.pk):.0f} events/s")
     return ratio <= MAX_RATIO
