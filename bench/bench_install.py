@@ -8,7 +8,10 @@ one learner at a time), then the workers start together (``workers_batch`` = all
 
     floor = 3 x server start delay + agent start delay
 
-Prints the wall time, each stage's time, the floor and their ratio (target <= 1.3 at N = 6). Needs root (network
+Prints the wall time, each stage's time, the floor and their ratio (target <= 1.3 at N = 6). A second baseline
+(skip it with ``BENCH_INSTALL_PLAIN=0``) installs the same cluster on fresh hosts with the same playbooks,
+inventories and variables through plain ansible-runner (no job, no events stored): the ratio of the two is what the
+job engine adds; the rest of the distance to the floor is the playbooks' own work. Needs root (network
 namespaces). Settings: ``BENCH_WORKERS`` (N), ``BENCH_SERVER_START_DELAY`` and ``BENCH_AGENT_START_DELAY``
 (seconds, default 30 and 20: an RKE2 server typically needs 30 to 60 s to become Ready, an agent 20 to 30 s).
 """
@@ -110,4 +113,82 @@ def _run(network: object, *, workers: int, server_delay: float, agent_delay: flo
     if status != "successful":
         print(job.explanation, file=sys.stderr)
         return False
+    if os.environ.get("BENCH_INSTALL_PLAIN", "1") != "0":
+        plain = _run_plain(network, workers=workers)
+        print(
+            f"plain ansible-runner, same playbooks on fresh hosts: {plain:.1f} s; engine / plain {elapsed / plain:.3f}"
+        )
     return elapsed / floor <= MAX_RATIO
+
+
+def _run_plain(network: object, *, workers: int) -> float:
+    """The same staged install without the job engine: each stage's playbook through ``ansible_runner.run`` with
+    the inventory the renderer gives, node statuses set by hand between stages, events dropped."""
+    import ansible_runner
+    from django.conf import settings
+
+    from clusters.choices import NodeStatus
+    from clusters.fields import reveal
+    from clusters.models import Node
+    from clusters.services.clusters import cluster_create
+    from clusters.services.credentials import credential_create
+    from inventory.renderers import InventoryRenderer
+    from inventory.serialization import serialize_extravars, serialize_inventory
+
+    hosts = network.add_hosts(3 + workers)  # type: ignore[attr-defined]
+    credential = credential_create(
+        name="bench-plain",
+        username="root",
+        private_key=network.private_key_text,  # type: ignore[attr-defined]
+        known_hosts=network.known_hosts_text,  # type: ignore[attr-defined]
+    )
+    nodes = [
+        {"hostname": host.name, "internal_ip": host.ip, "role": "server" if index < 3 else "agent"}
+        for index, host in enumerate(hosts)
+    ]
+    cluster = cluster_create(name="bench-plain", rke2_version=VERSION, ssh_credential=credential, nodes=nodes)
+    job_vars = {
+        "rke2_install_method": "airgap",
+        "rke2_install_script_url": settings.RKE2_INSTALL_SCRIPT_URL,
+        "rke2_airgap_artifact_dir": str(Path(settings.RKE2_AIRGAP_ARTIFACT_DIR) / VERSION),
+        "rke2_start_timeout": settings.RKE2_START_TIMEOUT_SECONDS,
+        "rke2_unsafe_show_logs": False,
+        "rke2_workers_batch": workers,
+    }
+    started = time.perf_counter()
+    for stage in ("initial_master", "joining_masters", "workers", "all"):
+        rendered = InventoryRenderer.render_for_stage(cluster, stage)
+        private_dir = Path(tempfile.mkdtemp(prefix="bench-plain-", dir="/tmp"))
+        try:
+            (private_dir / "env").mkdir()
+            (private_dir / "inventory").mkdir()
+            (private_dir / "inventory" / "hosts.json").write_text(serialize_inventory(rendered.inventory))
+            extravars = {**job_vars, **rendered.secret_vars, "rke2_kubeconfig_dest": str(private_dir / "kubeconfig")}
+            (private_dir / "env" / "extravars").write_text(serialize_extravars(extravars))
+            result = ansible_runner.run(
+                private_data_dir=str(private_dir),
+                project_dir=str(settings.ANSIBLE_DIR),
+                playbook=f"{stage}.yml",
+                inventory=str(private_dir / "inventory" / "hosts.json"),
+                ssh_key=reveal(credential.private_key),
+                envvars={
+                    "ANSIBLE_HOST_KEY_CHECKING": "True",
+                    "ANSIBLE_SSH_COMMON_ARGS": f"-o UserKnownHostsFile={network.known_hosts_path}",  # type: ignore[attr-defined]
+                    "ANSIBLE_SSH_CONTROL_PATH_DIR": str(private_dir / "cp"),
+                },
+                settings={"suppress_output_file": True, "pexpect_timeout": settings.JOB_PEXPECT_TIMEOUT_SECONDS},
+                quiet=True,
+                event_handler=lambda event: False,
+                cancel_callback=lambda: False,
+                fact_cache_type="",
+            )
+        finally:
+            shutil.rmtree(private_dir, ignore_errors=True)
+        if result.status != "successful":
+            raise RuntimeError(f"plain install: stage {stage} ended {result.status}")
+        if stage != "all":
+            names = [
+                name for group in ("initial_master", "joining_masters", "workers") for name in rendered.hosts(group)
+            ]
+            Node.objects.filter(cluster=cluster, hostname__in=names).update(status=NodeStatus.ACTIVE)
+    return time.perf_counter() - started

@@ -134,13 +134,6 @@ class PlaybookRunner:
             artifact_data=stats_data.get("artifact_data") or {},
         )
         self.results.append(result)
-        tasks = {}
-        for e in events:
-            d = e.get("event_data", {})
-            if e.get("event") in ("runner_on_ok", "runner_on_failed", "runner_on_skipped") and d.get("duration") is not None:
-                tasks[d.get("task")] = tasks.get(d.get("task"), 0) + d["duration"]
-        with open("/tmp/ans-scratch/timings.log", "a") as fh:
-            fh.write(f"{playbook} {duration:.1f}s {result.status} load={os.getloadavg()[0]:.1f} | " + ", ".join(f"{k}={v:.1f}" for k, v in sorted(tasks.items(), key=lambda kv: -kv[1])[:12]) + "\n")
         return result
 
     def artifact_files(self) -> Iterable[Path]:
