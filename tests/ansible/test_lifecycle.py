@@ -176,8 +176,15 @@ class Lifecycle:
 
     # -- looking at the hosts -------------------------------------------------------------------------------
 
-    def kubectl(self, *args: str, via: str = "m1") -> str:
-        completed = self.hosts[via].run([STANDIN_KUBECTL, "--kubeconfig", "/etc/rancher/rke2/rke2.yaml", *args], timeout=60)
+    def kubectl(self, *args: str, via: str = "m1", attempts: int = 1) -> str:
+        """Run kubectl on a server of the cluster; ``attempts`` > 1 retries a failed call (as an operator would)."""
+        for attempt in range(attempts):
+            completed = self.hosts[via].run(
+                [STANDIN_KUBECTL, "--kubeconfig", "/etc/rancher/rke2/rke2.yaml", *args], timeout=60
+            )
+            if completed.returncode == 0 or attempt == attempts - 1:
+                break
+            time.sleep(3)
         assert completed.returncode == 0, completed.stderr
         return completed.stdout
 
@@ -478,7 +485,7 @@ def test_ungraceful_removal_of_a_lost_worker(cluster: Lifecycle) -> None:
 
 def test_rebuilt_initial_master_joins_the_running_cluster(cluster: Lifecycle) -> None:
     # The initial master's host is rebuilt (node deleted, RKE2 gone) while m2 keeps the cluster running.
-    cluster.kubectl("delete", "node", "m1", via="m2")
+    cluster.kubectl("delete", "node", "m1", "--ignore-not-found", via="m2", attempts=3)
     assert cluster.hosts["m1"].run(["/usr/local/bin/rke2-uninstall.sh"], timeout=120).returncode == 0
 
     result = cluster.run_ok("initial_master.yml", cluster.render("render_for_stage", "initial_master"), cluster.job_vars(V2))
