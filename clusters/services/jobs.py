@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import uuid
 from functools import partial
 from typing import Any
@@ -50,11 +51,30 @@ def _last_failed_install_stage(cluster: Cluster) -> str | None:
     return None
 
 
+_WORKERS_BATCH_RE = re.compile(r"^([1-9][0-9]*|([1-9][0-9]?|100)%)$")
+
+
+def _validate_common_params(params: dict[str, Any]) -> None:
+    """Options any job may carry: how many workers change at once, and how long a drain may take."""
+    errors: dict[str, list[str]] = {}
+    if "workers_batch" in params:
+        batch = params["workers_batch"]
+        if isinstance(batch, bool) or not _WORKERS_BATCH_RE.match(str(batch)):
+            errors["workers_batch"] = ["Enter a number of workers (at least 1) or a percentage such as '25%'."]
+    if "drain_timeout" in params:
+        timeout = params["drain_timeout"]
+        if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
+            errors["drain_timeout"] = ["Enter a whole number of seconds (0 or more)."]
+    if errors:
+        raise ValidationError(errors)
+
+
 def plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[str]:
     """The ordered stages a job of ``kind`` runs, after checking that the cluster's state allows it.
 
     Raises :class:`InvalidState` or :class:`ValidationError` (naming the parameter) when it does not.
     """
+    _validate_common_params(params)
     nodes = list(cluster.cluster_nodes.all())
     live = [node for node in nodes if node.status in LIVE_NODE_STATUSES]
     if cluster.status == ClusterStatus.UNINSTALLED and kind not in (JobKind.INSTALL, JobKind.PREFLIGHT):

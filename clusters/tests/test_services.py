@@ -382,3 +382,37 @@ def test_even_number_of_servers_is_a_warning():
     cluster = make_cluster("beta", servers=3)
     (warning,) = cluster_warnings(cluster)
     assert "No registration address" in warning
+
+
+# Job options -----------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "field"),
+    [
+        ({"workers_batch": 0}, "workers_batch"),
+        ({"workers_batch": "0%"}, "workers_batch"),
+        ({"workers_batch": "lots"}, "workers_batch"),
+        ({"workers_batch": True}, "workers_batch"),
+        ({"drain_timeout": -1}, "drain_timeout"),
+        ({"drain_timeout": "60"}, "drain_timeout"),
+    ],
+)
+def test_job_options_are_checked_when_the_job_is_requested(params, field):
+    from clusters.services.jobs import job_request
+
+    cluster = make_cluster(servers=1, ssh_credential=make_credential())
+    with pytest.raises(ValidationError) as info:
+        job_request(cluster=cluster, kind=JobKind.PREFLIGHT, params=params)
+    assert list(info.value.message_dict) == [field]
+    assert not Job.objects.exists()
+
+
+def test_valid_job_options_are_kept(django_capture_on_commit_callbacks):
+    from clusters.services.jobs import job_request
+
+    cluster = make_cluster(servers=1, ssh_credential=make_credential())
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        job = job_request(cluster=cluster, kind=JobKind.PREFLIGHT, params={"workers_batch": "25%", "drain_timeout": 120})
+    assert job.params == {"workers_batch": "25%", "drain_timeout": 120}
+    assert len(callbacks) == 1
