@@ -1,9 +1,10 @@
 """The whole RKE2 lifecycle over real SSH: the portal's playbooks against test hosts running the stand-in RKE2.
 
 One cluster is shared by the tests of this module, which run in order and build on each other: preflight,
-staged install, an idempotent second run, scale-out, the quorum guard, scale-in of a worker and of a master, a
-rolling upgrade, a join with a wrong token, health and kubeconfig, uninstall. The last test checks that no secret
-reached any event or artifact of all those runs.
+staged install (as a sudo user), an idempotent second run, scale-out, the quorum guard, scale-in of a worker and of
+a master, the upgrade guards and a rolling upgrade, a join with a wrong token, health and kubeconfig, ungraceful
+removal of a lost host, a rebuilt initial master that must join instead of bootstrapping, uninstall. The last
+test checks that no secret reached any event or artifact of all those runs.
 
 Inventories come from ``inventory.renderers`` over real ``Cluster``/``Node`` rows; playbooks run through
 ``ansible_runner.run`` as the job engine runs them (see :mod:`tests.ansible.playbooks`). The database is emptied
