@@ -17,7 +17,9 @@ __all__ = ["KeyError_", "known_hosts_problems", "load_private_key", "normalize_p
 MIN_RSA_BITS = 2048
 
 _OPENSSH_LABEL = rb"OPENSSH PRIVATE KEY"
-_OPENSSH_BODY_RE = re.compile(rb"-{5}BEGIN " + _OPENSSH_LABEL + rb"-{5}(?P<body>.*?)-{5}END " + _OPENSSH_LABEL + rb"-{5}", re.DOTALL)
+_OPENSSH_BODY_RE = re.compile(
+    rb"-{5}BEGIN " + _OPENSSH_LABEL + rb"-{5}(?P<body>.*?)-{5}END " + _OPENSSH_LABEL + rb"-{5}", re.DOTALL
+)
 _OPENSSH_MAGIC = b"openssh-key-v1\x00"
 _PUBLIC_KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-", "---- BEGIN SSH2 PUBLIC KEY", "-----BEGIN PUBLIC KEY")
 
