@@ -110,6 +110,9 @@ def _run(network: object, *, workers: int, server_delay: float, agent_delay: flo
         f"floor (3 x {server_delay:g} + {agent_delay:g}): {floor:.1f} s; overhead {elapsed - floor:.1f} s; "
         f"ratio {elapsed / floor:.3f} (target <= {MAX_RATIO} at 6 workers)"
     )
+    _print_task_profile(job)
+    if os.environ.get("BENCH_INSTALL_TRACE") == "1":
+        _print_start_trace(job, hosts)
     if status != "successful":
         print(job.explanation, file=sys.stderr)
         return False
@@ -119,6 +122,47 @@ def _run(network: object, *, workers: int, server_delay: float, agent_delay: flo
             f"plain ansible-runner, same playbooks on fresh hosts: {plain:.1f} s; engine / plain {elapsed / plain:.3f}"
         )
     return elapsed / floor <= MAX_RATIO
+
+
+def _print_task_profile(job: object, top: int = int(os.environ.get("BENCH_PROFILE_TOP", "12"))) -> None:
+    """The tasks the install spent most wall time in: from a task's start event to the next task's (or the play's
+    end), summed over the stages and the batches of a serial play."""
+    from clusters.models import JobEvent
+
+    marks = JobEvent.objects.filter(
+        job=job, event__in=["playbook_on_task_start", "playbook_on_play_start", "playbook_on_stats"]
+    ).order_by("counter")
+    totals: dict[tuple[str, str], float] = {}
+    previous = None
+    for mark in marks.values("stage", "event", "task", "created"):
+        if previous is not None and previous["event"] == "playbook_on_task_start" and mark["created"]:
+            key = (previous["stage"], previous["task"])
+            totals[key] = totals.get(key, 0.0) + (mark["created"] - previous["created"]).total_seconds()
+        previous = mark
+    print(f"slowest tasks (wall seconds summed over batches):")
+    for (stage, task), seconds in sorted(totals.items(), key=lambda item: -item[1])[:top]:
+        print(f"{seconds:>8.1f}  {stage:<16} {task}")
+
+
+def _print_start_trace(job: object, hosts: list) -> None:
+    """Per host: how long the service start task took, and the stand-in's own log milestones."""
+    from clusters.models import JobEvent
+
+    events = JobEvent.objects.filter(job=job, task="Start or restart the RKE2 service").order_by("counter")
+    started = {}
+    for event in events.values("event", "host_name", "created"):
+        if event["event"] == "runner_on_start":
+            started[event["host_name"]] = event["created"]
+        elif event["event"] == "runner_on_ok" and event["host_name"] in started:
+            took = (event["created"] - started[event["host_name"]]).total_seconds()
+            print(f"start task {event['host_name']:<10} {took:6.1f} s (from {started[event['host_name']]:%H:%M:%S})")
+    for host in hosts:
+        for kind in ("server", "agent"):
+            log = host.path(f"/var/lib/rancher/rke2/{kind}/logs/rke2.log")
+            if log.exists():
+                for line in log.read_text().splitlines():
+                    if any(mark in line for mark in ("Starting rke2", "Waiting for", "up and running", "level=error")):
+                        print(f"  {host.name:<10} {line[:150]}")
 
 
 def _run_plain(network: object, *, workers: int) -> float:

@@ -9,6 +9,8 @@ An inventory is a mapping (``{"all": {"vars": ..., "hosts": ..., "children": ...
 - ``api_host``: one server for ``delegate_to`` kubectl calls, never a master this inventory joins or removes,
   active ones first (each method says which); empty only in the ``initial_master`` stage before any server runs.
   Its name is also ``rke2_api_host`` ("" when there is none);
+- ``prepare``: nodes the stage may install RKE2 on ahead of their own stage, without configuring or starting it
+  (``render_for_stage`` of ``initial_master`` only: the masters and workers of the cluster not active yet);
 - ``remove``: scale-in targets (``render_for_scale_remove`` only).
 
 All groups are always present (possibly empty), so ``groups['workers']`` etc. are always defined. Besides the
@@ -29,7 +31,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
-from clusters.choices import SERVER_ROLES, InstallationStage, NodeRole
+from clusters.choices import SERVER_ROLES, InstallationStage, NodeRole, NodeStatus
 from clusters.exceptions import InvalidState
 from clusters.models import Cluster, Node
 
@@ -71,7 +73,16 @@ _ROLES_OF_STAGE = {
     "workers": (NodeRole.WORKER.value,),
     "all": (NodeRole.INITIAL_MASTER.value, NodeRole.MASTER.value, NodeRole.WORKER.value),
 }
-GROUPS = ("rke2_servers", "rke2_agents", "initial_master", "joining_masters", "workers", "api_host", "remove")
+GROUPS = (
+    "rke2_servers",
+    "rke2_agents",
+    "initial_master",
+    "joining_masters",
+    "workers",
+    "prepare",
+    "api_host",
+    "remove",
+)
 
 
 class RenderedInventory(NamedTuple):
@@ -111,6 +122,7 @@ def _build(
     stage_groups: Mapping[str, Sequence[Node]],
     api_host: Node | None,
     remove: Sequence[Node] = (),
+    prepare: Sequence[Node] = (),
 ) -> RenderedInventory:
     cluster_vars = snapshot.cluster_vars()
     cluster_vars["rke2_api_host"] = api_host.hostname if api_host else ""
@@ -118,6 +130,7 @@ def _build(
 
     acting = {node.pk for members in stage_groups.values() for node in members}
     acting.update(node.pk for node in remove)
+    acting.update(node.pk for node in prepare)
     if api_host is not None:
         acting.add(api_host.pk)
     live_servers = {node.pk for node in snapshot.live_servers}
@@ -134,6 +147,8 @@ def _build(
         groups["api_host"]["hosts"][api_host.hostname] = {}
     for node in remove:
         groups["remove"]["hosts"][node.hostname] = {}
+    for node in prepare:
+        groups["prepare"]["hosts"][node.hostname] = {}
     inventory = {"all": {"vars": public_vars, "hosts": hosts, "children": groups}}
     return RenderedInventory(inventory=inventory, secret_vars=secret_vars)
 
@@ -169,7 +184,9 @@ class InventoryRenderer:
         of its role), narrowed to ``nodes`` (instances or primary keys) when given. API host: for
         ``initial_master`` an active server if there is one (none before the first bootstrap); for
         ``joining_masters`` the best live server outside the group (normally the initial master); for ``workers``
-        and ``all`` the best live server — "best" preferring active servers, then the initial master.
+        and ``all`` the best live server — "best" preferring active servers, then the initial master. The
+        ``initial_master`` stage of the whole cluster (no ``nodes``) also names, in ``prepare``, the live masters
+        and workers that are not active yet.
         """
         stage = str(stage)
         if stage not in _ROLES_OF_STAGE:
@@ -181,14 +198,21 @@ class InventoryRenderer:
             if nodes is None
             else ordered_subset(snapshot.nodes, nodes, allowed=eligible, what=f"stage {stage}")
         )
+        prepare: list[Node] = []
         if stage == "initial_master":
             api_host = pick_api_host(snapshot.live_servers, require_active=True)
+            if nodes is None:
+                prepare = [
+                    node
+                    for node in snapshot.live_nodes
+                    if node.role != NodeRole.INITIAL_MASTER and node.status != NodeStatus.ACTIVE
+                ]
         elif stage == "joining_masters":
             target_pks = {node.pk for node in targets}
             api_host = pick_api_host([node for node in snapshot.live_servers if node.pk not in target_pks])
         else:
             api_host = pick_api_host(snapshot.live_servers)
-        return _build(snapshot, stage_groups=_stage_groups(targets), api_host=api_host)
+        return _build(snapshot, stage_groups=_stage_groups(targets), api_host=api_host, prepare=prepare)
 
     @staticmethod
     def render_for_scale_add(

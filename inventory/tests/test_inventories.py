@@ -39,15 +39,34 @@ def test_initial_master_stage(make_cluster):
     result = InventoryRenderer.render_for_stage(cluster, "initial_master")
     assert groups(result) == {
         "rke2_servers": ["m1", "m2", "m3"],
-        "rke2_agents": [],
+        "rke2_agents": ["w1", "w2"],
         "initial_master": ["m1"],
         "joining_masters": [],
         "workers": [],
+        "prepare": ["m2", "m3", "w1", "w2"],
         "api_host": [],
         "remove": [],
     }
     assert result.api_host == ""
-    assert result.hosts("all") == ["m1", "m2", "m3"]
+    assert result.hosts("all") == ["m1", "m2", "m3", "w1", "w2"]
+
+
+def test_initial_master_stage_prepares_only_the_nodes_not_active_yet(make_cluster):
+    cluster = make_cluster()
+    set_status(cluster, m2=NodeStatus.ACTIVE, w1=NodeStatus.ACTIVE, w2=NodeStatus.FAILED)
+    result = InventoryRenderer.render_for_stage(cluster, "initial_master")
+    assert result.hosts("prepare") == ["m3", "w2"]
+    assert result.hosts("rke2_agents") == ["w2"]
+    set_status(cluster, w2=NodeStatus.DRAINING)
+    assert InventoryRenderer.render_for_stage(cluster, "initial_master").hosts("prepare") == ["m3"]
+
+
+def test_only_the_initial_master_stage_of_the_whole_cluster_prepares_nodes(make_cluster):
+    cluster = make_cluster()
+    m1 = Node.objects.get(cluster=cluster, hostname="m1")
+    assert InventoryRenderer.render_for_stage(cluster, "initial_master", [m1]).hosts("prepare") == []
+    for stage in ("joining_masters", "workers", "all"):
+        assert InventoryRenderer.render_for_stage(cluster, stage).hosts("prepare") == []
 
 
 def test_initial_master_stage_names_an_already_running_server(make_cluster):
@@ -70,6 +89,7 @@ def test_joining_masters_stage(make_cluster):
         "initial_master": [],
         "joining_masters": ["m2", "m3"],
         "workers": [],
+        "prepare": [],
         "api_host": ["m1"],
         "remove": [],
     }
@@ -93,6 +113,7 @@ def test_workers_stage(make_cluster):
         "initial_master": [],
         "joining_masters": [],
         "workers": ["w1", "w2"],
+        "prepare": [],
         "api_host": ["m1"],
         "remove": [],
     }
@@ -127,6 +148,7 @@ def test_all_stage_leaves_out_draining_and_removed_nodes(make_cluster):
         "initial_master": ["m1"],
         "joining_masters": ["m2"],
         "workers": ["w1"],
+        "prepare": [],
         "api_host": ["m1"],
         "remove": [],
     }
@@ -182,6 +204,7 @@ def test_scale_add_puts_only_new_nodes_in_stage_groups(make_cluster):
         "initial_master": [],
         "joining_masters": ["m4"],
         "workers": ["w3"],
+        "prepare": [],
         "api_host": ["m1"],
         "remove": [],
     }
@@ -218,6 +241,7 @@ def test_scale_remove(make_cluster):
         "initial_master": [],
         "joining_masters": [],
         "workers": [],
+        "prepare": [],
         "api_host": ["m2"],
         "remove": ["m1", "w2"],
     }

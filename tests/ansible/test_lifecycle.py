@@ -275,9 +275,24 @@ def test_install_in_stages_as_sudo_user(critical: Lifecycle) -> None:
     )
 
     initial, joining, workers, post = results
-    assert initial.changed_hosts() == {"m1"}
+    # While m1 starts, RKE2 is installed (not configured, not started) on the nodes of the later stages...
+    assert initial.changed_hosts() == {"m1", "m2", "m3", *WORKERS}
+    installer = "Run the RKE2 installer with the airgap artifacts"
+    assert sorted(event["event_data"]["host"] for event in initial.task_events(installer, "runner_on_ok")) == sorted(
+        ["m1", "m2", "m3", *WORKERS]
+    )
+    assert [event["event_data"]["host"] for event in initial.task_events("Start or restart the RKE2 service", "runner_on_ok")] == ["m1"]
+    # The nodes were installed while m1 started: between the start and the wait for it.
+    fired = initial.task_events("Start or restart the RKE2 service", "runner_on_ok")[0]["counter"]
+    waited = initial.task_events("Wait until the RKE2 service has started", "runner_on_start")[0]["counter"]
+    assert all(fired < event["counter"] < waited for event in initial.task_events(installer, "runner_on_ok") if event["event_data"]["host"] != "m1")
+    # ...so that their own stages only configure and start it.
     assert joining.changed_hosts() == {"m2", "m3"}
     assert workers.changed_hosts() == set(WORKERS)
+    assert joining.task_events(installer, "runner_on_ok") == workers.task_events(installer, "runner_on_ok") == []
+    # A node installed ahead of its join never ran RKE2: it is started, not restarted.
+    decisions = workers.task_events("Decide whether RKE2 must be started or restarted", "runner_on_ok")
+    assert [event["event_data"]["res"]["ansible_facts"]["rke2_common_restart"] for event in decisions] == [False] * len(WORKERS)
     # Masters join one at a time: m3 starts only after m2 is Ready.
     starts = joining.task_events("Start or restart the RKE2 service", "runner_on_start")
     readies = joining.task_events(f"Wait until the node is Ready and runs {V1}", "runner_on_ok")
@@ -426,7 +441,7 @@ def test_rolling_upgrade(critical: Lifecycle) -> None:
                for event in result.task_events(f"Wait until the node is Ready and runs {V2}", "runner_on_ok")}
     assert starts["m1"] < readies["m1"] < starts["m2"] < readies["m2"] < min(starts[name] for name in WORKERS)
     assert all(event["event_data"]["res"].get("changed") for event in
-               result.task_events("Start or restart the RKE2 service", "runner_on_ok"))
+               result.task_events("Wait until the RKE2 service has started", "runner_on_ok"))
     critical.set_status(nodes, NodeStatus.ACTIVE, installed_version=V2)
     Cluster.objects.filter(name=critical.name).update(rke2_version=V2)
 
@@ -451,7 +466,7 @@ def test_join_with_a_wrong_token_fails_clearly_within_the_bounded_wait(cluster: 
     assert f"rke2-agent on {EXTRA_WORKER} did not start" in message, message
     assert f"within {WRONG_TOKEN_TIMEOUT} seconds" in message
     assert "401 Unauthorized" in message
-    start = result.task_events("Start or restart the RKE2 service", "runner_on_failed")
+    start = result.task_events("Wait until the RKE2 service has started", "runner_on_failed")
     assert start and start[0]["event_data"]["duration"] < WRONG_TOKEN_TIMEOUT + 60
     assert EXTRA_WORKER not in cluster.node_states()
 
