@@ -14,6 +14,8 @@ inventories and variables through plain ansible-runner (no job, no events stored
 job engine adds; the rest of the distance to the floor is the playbooks' own work. Needs root (network
 namespaces). Settings: ``BENCH_WORKERS`` (N), ``BENCH_SERVER_START_DELAY`` and ``BENCH_AGENT_START_DELAY``
 (seconds, default 30 and 20: an RKE2 server typically needs 30 to 60 s to become Ready, an agent 20 to 30 s).
+Also prints the tasks the install spent most wall time in (``BENCH_PROFILE_TOP``, default 12) and, with
+``BENCH_INSTALL_TRACE=1``, each node's service start and the stand-in's own log milestones.
 """
 
 from __future__ import annotations
@@ -77,27 +79,16 @@ def _run(network: object, *, workers: int, server_delay: float, agent_delay: flo
     from clusters.choices import JobKind
     from clusters.engine.service import job_execute
     from clusters.models import Job, JobEvent
-    from clusters.services.clusters import cluster_create
-    from clusters.services.credentials import credential_create
     from clusters.services.jobs import job_request
 
-    hosts = network.add_hosts(3 + workers)  # type: ignore[attr-defined]
-    credential = credential_create(
-        name="bench",
-        username="root",
-        private_key=network.private_key_text,  # type: ignore[attr-defined]
-        known_hosts=network.known_hosts_text,  # type: ignore[attr-defined]
-    )
-    nodes = [
-        {"hostname": host.name, "internal_ip": host.ip, "role": "server" if index < 3 else "agent"}
-        for index, host in enumerate(hosts)
-    ]
-    cluster = cluster_create(name="bench-install", rke2_version=VERSION, ssh_credential=credential, nodes=nodes)
+    hosts, _, cluster = _new_cluster(network, workers, "bench-install")
     job = job_request(cluster=cluster, kind=JobKind.INSTALL, params={"workers_batch": workers})
 
+    cpu_before = _cpu_seconds()
     started = time.perf_counter()
     status = job_execute(job_id=job.pk)
     elapsed = time.perf_counter() - started
+    cpu = {key: value - cpu_before[key] for key, value in _cpu_seconds().items()}
     job = Job.objects.get(pk=job.pk)
     floor = 3 * server_delay + agent_delay
     print(f"database: {database}; 3 masters + {workers} workers")
@@ -106,6 +97,13 @@ def _run(network: object, *, workers: int, server_delay: float, agent_delay: flo
     for stage in job.result.get("stages", []):
         print(f"{stage['stage']:>16} {stage['duration']:>8.1f} {stage['events']:>7}")
     print(f"install: {status} in {elapsed:.1f} s ({JobEvent.objects.filter(job=job).count()} events stored)")
+    # The test hosts share this machine's CPUs with the controller: every module Ansible runs on a node (a Python
+    # process importing Ansible's module code) and the stand-in RKE2 processes are paid for here too.
+    print(
+        f"CPU seconds: {cpu['machine']:.0f} of {elapsed * (os.cpu_count() or 1):.0f} available "
+        f"({os.cpu_count()} CPUs); ansible-playbook and ssh {cpu['children']:.0f}, the job engine {cpu['self']:.0f}, "
+        f"the test hosts (sshd, modules, stand-in RKE2) {cpu['machine'] - cpu['children'] - cpu['self']:.0f}"
+    )
     print(
         f"floor (3 x {server_delay:g} + {agent_delay:g}): {floor:.1f} s; overhead {elapsed - floor:.1f} s; "
         f"ratio {elapsed / floor:.3f} (target <= {MAX_RATIO} at 6 workers)"
@@ -124,6 +122,43 @@ def _run(network: object, *, workers: int, server_delay: float, agent_delay: flo
     return elapsed / floor <= MAX_RATIO
 
 
+def _cpu_seconds() -> dict[str, float]:
+    """CPU time used so far: by the whole machine, by this process, and by its finished child processes."""
+    import resource
+
+    with open("/proc/stat") as stat:
+        fields = [float(value) for value in stat.readline().split()[1:]]
+    ticks = os.sysconf("SC_CLK_TCK")
+    busy = sum(fields) - fields[3] - (fields[4] if len(fields) > 4 else 0.0)  # all but idle and iowait
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return {
+        "machine": busy / ticks,
+        "self": own.ru_utime + own.ru_stime,
+        "children": children.ru_utime + children.ru_stime,
+    }
+
+
+def _new_cluster(network: object, workers: int, name: str) -> tuple[list, object, object]:
+    """Fresh test hosts and a cluster of 3 masters and ``workers`` workers on them, with its SSH credential."""
+    from clusters.services.clusters import cluster_create
+    from clusters.services.credentials import credential_create
+
+    hosts = network.add_hosts(3 + workers)  # type: ignore[attr-defined]
+    credential = credential_create(
+        name=name,
+        username="root",
+        private_key=network.private_key_text,  # type: ignore[attr-defined]
+        known_hosts=network.known_hosts_text,  # type: ignore[attr-defined]
+    )
+    nodes = [
+        {"hostname": host.name, "internal_ip": host.ip, "role": "server" if index < 3 else "agent"}
+        for index, host in enumerate(hosts)
+    ]
+    cluster = cluster_create(name=name, rke2_version=VERSION, ssh_credential=credential, nodes=nodes)
+    return hosts, credential, cluster
+
+
 def _print_task_profile(job: object, top: int = int(os.environ.get("BENCH_PROFILE_TOP", "12"))) -> None:
     """The tasks the install spent most wall time in: from a task's start event to the next task's (or the play's
     end), summed over the stages and the batches of a serial play."""
@@ -139,7 +174,7 @@ def _print_task_profile(job: object, top: int = int(os.environ.get("BENCH_PROFIL
             key = (previous["stage"], previous["task"])
             totals[key] = totals.get(key, 0.0) + (mark["created"] - previous["created"]).total_seconds()
         previous = mark
-    print(f"slowest tasks (wall seconds summed over batches):")
+    print("slowest tasks (wall seconds summed over batches):")
     for (stage, task), seconds in sorted(totals.items(), key=lambda item: -item[1])[:top]:
         print(f"{seconds:>8.1f}  {stage:<16} {task}")
 
@@ -174,23 +209,10 @@ def _run_plain(network: object, *, workers: int) -> float:
     from clusters.choices import NodeStatus
     from clusters.fields import reveal
     from clusters.models import Node
-    from clusters.services.clusters import cluster_create
-    from clusters.services.credentials import credential_create
     from inventory.renderers import InventoryRenderer
     from inventory.serialization import serialize_extravars, serialize_inventory
 
-    hosts = network.add_hosts(3 + workers)  # type: ignore[attr-defined]
-    credential = credential_create(
-        name="bench-plain",
-        username="root",
-        private_key=network.private_key_text,  # type: ignore[attr-defined]
-        known_hosts=network.known_hosts_text,  # type: ignore[attr-defined]
-    )
-    nodes = [
-        {"hostname": host.name, "internal_ip": host.ip, "role": "server" if index < 3 else "agent"}
-        for index, host in enumerate(hosts)
-    ]
-    cluster = cluster_create(name="bench-plain", rke2_version=VERSION, ssh_credential=credential, nodes=nodes)
+    hosts, credential, cluster = _new_cluster(network, workers, "bench-plain")
     job_vars = {
         "rke2_install_method": "airgap",
         "rke2_install_script_url": settings.RKE2_INSTALL_SCRIPT_URL,

@@ -6,7 +6,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
@@ -122,3 +122,12 @@ class ServiceErrorsMixin:
         if errors:
             form_class = type(form_class.__name__, (form_class,), {"service_errors": errors})
         return form_class
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None) -> Any:
+        """A deletion the service refuses (``delete_model`` raises) is a message on the object's page, not a 500."""
+        try:
+            return super().delete_view(request, object_id, extra_context)  # type: ignore[misc]
+        except SERVICE_ERRORS as exc:
+            opts = self.model._meta  # type: ignore[attr-defined]
+            message_service_error(request, exc, subject=f"The {opts.verbose_name} was not deleted")
+            return HttpResponseRedirect(reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[object_id]))

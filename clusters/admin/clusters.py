@@ -403,14 +403,6 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
     def delete_model(self, request: HttpRequest, obj: Cluster) -> None:
         cluster_delete(cluster=obj, actor=request.user)
 
-    def delete_view(
-        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
-    ) -> HttpResponse:
-        try:
-            return super().delete_view(request, object_id, extra_context)
-        except SERVICE_ERRORS as exc:
-            message_service_error(request, exc, subject="The cluster was not deleted")
-            return HttpResponseRedirect(reverse("admin:clusters_cluster_change", args=[object_id]))
 
     # --- list actions --------------------------------------------------------------------------------------------
 

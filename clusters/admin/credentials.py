@@ -6,13 +6,12 @@ from typing import Any
 
 from django.contrib import admin
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
-from django.urls import reverse
+from django.http import HttpRequest
 
 from ..forms import SSHCredentialForm, service_error_dict
 from ..models import SSHCredential
 from ..services.credentials import CREDENTIAL_FIELDS, credential_create, credential_delete, credential_update
-from .base import SERVICE_ERRORS, ServiceErrorsMixin, ServiceRejected, message_service_error
+from .base import SERVICE_ERRORS, ServiceErrorsMixin, ServiceRejected
 
 __all__ = ["SSHCredentialAdmin"]
 
@@ -79,11 +78,3 @@ class SSHCredentialAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     def delete_model(self, request: HttpRequest, obj: SSHCredential) -> None:
         credential_delete(credential=obj, actor=request.user)
 
-    def delete_view(
-        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
-    ) -> HttpResponse:
-        try:
-            return super().delete_view(request, object_id, extra_context)
-        except SERVICE_ERRORS as exc:
-            message_service_error(request, exc, subject="The credential was not deleted")
-            return HttpResponseRedirect(reverse("admin:clusters_sshcredential_change", args=[object_id]))

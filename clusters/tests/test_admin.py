@@ -431,8 +431,11 @@ def test_delete_cluster_goes_through_the_service(admin_client: Any, cluster: Clu
     url = reverse("admin:clusters_cluster_delete", args=[cluster.pk])
     page = admin_client.get(url)
     assert page.status_code == 200 and "1 jobs (with their events and host summaries)" in page.content.decode()
-    shown = follow_messages(admin_client, admin_client.post(url, {"post": "yes"}))
-    assert any("active job" in message for message in shown)
+    refused = admin_client.post(url, {"post": "yes"})
+    assert refused.status_code == 302
+    assert refused["Location"] == reverse("admin:clusters_cluster_change", args=[cluster.pk])
+    shown = follow_messages(admin_client, refused)
+    assert any(message.startswith("The cluster was not deleted") and "active job" in message for message in shown), shown
     assert Cluster.objects.filter(pk=cluster.pk).exists()
     Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCESSFUL)
     assert admin_client.post(url, {"post": "yes"}).status_code == 302
@@ -805,5 +808,7 @@ def test_credential_in_use_is_not_deleted(admin_client: Any, cluster: Cluster, c
     url = reverse("admin:clusters_sshcredential_delete", args=[credential.pk])
     page = admin_client.get(url)
     assert page.status_code == 200 and "alpha" in page.content.decode()
-    admin_client.post(url, {"post": "yes"})
+    # Django's own check of protected objects refuses first, with the page that names them.
+    refused = admin_client.post(url, {"post": "yes"})
+    assert refused.status_code == 200 and "alpha" in refused.content.decode()
     assert SSHCredential.objects.filter(pk=credential.pk).exists()

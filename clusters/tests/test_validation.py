@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 from django.core.exceptions import ValidationError
-from django.utils import timezone
 
 from clusters import validators
 from clusters.models import Cluster, Node
