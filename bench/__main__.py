@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import importlib
+import os
 import pkgutil
+import shutil
 import sys
 from pathlib import Path
 
 
 def main(argv: list[str]) -> int:
+    # The baselines run ansible-playbook through plain ansible-runner: find it beside this Python when the
+    # virtualenv is not on the PATH (``.venv/bin/python -m bench``).
+    if not shutil.which("ansible-playbook"):
+        os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", os.defpath)])
     package_dir = Path(__file__).resolve().parent
     names = sorted(info.name for info in pkgutil.iter_modules([str(package_dir)]) if info.name.startswith("bench_"))
     if argv:

@@ -26,6 +26,7 @@ import shlex
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -357,6 +358,7 @@ class PlaybookRunner:
         )
         config.prepare()
         config.env = _safe_env(config.env)
+        config.env["PATH"] = path_with_ansible(config.env.get("PATH"))
         runner = Runner(
             config,
             event_handler=state.event_handler(self.writer),
@@ -506,6 +508,16 @@ def _seconds(value: float) -> str:
 
 def _with_newline(text: str) -> str:
     return text if not text or text.endswith("\n") else text + "\n"
+
+
+def path_with_ansible(path: str | None) -> str:
+    """``path`` (a PATH value), with the folder of this Python in front when ``ansible-playbook`` is not found on
+    it: a worker started as ``.venv/bin/celery ...`` by a service manager has the virtualenv's Python but a system
+    PATH."""
+    path = path if path is not None else os.defpath
+    if shutil.which("ansible-playbook", path=path):
+        return path
+    return os.pathsep.join([str(Path(sys.executable).parent), path])
 
 
 def _safe_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -64,7 +64,7 @@ def test_install_runs_every_stage_and_records_the_cluster(fake_project: FakeProj
     cluster = install_cluster_with(masters=3, workers=2)
     job = request(cluster, JobKind.INSTALL)
 
-    assert job_execute(job_id=job.pk) == JobStatus.SUCCESSFUL
+    assert job_execute(job_id=job.pk) == JobStatus.SUCCESSFUL, "".join(job_stdout_chunks(job=job))[-3000:]
 
     job.refresh_from_db()
     cluster.refresh_from_db()
@@ -97,6 +97,17 @@ def test_install_runs_every_stage_and_records_the_cluster(fake_project: FakeProj
     )
     assert "PLAY RECAP" in output
     assert list(jobs_dir.iterdir()) == []
+
+
+def test_a_worker_without_the_virtualenv_on_its_path_finds_ansible_playbook(
+    fake_project: FakeProject, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # As when the worker is started as .venv/bin/celery by a service manager, with a system PATH.
+    monkeypatch.setenv("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+    cluster = install_cluster_with(masters=1, workers=1)
+    job = request(cluster, JobKind.INSTALL)
+
+    assert job_execute(job_id=job.pk) == JobStatus.SUCCESSFUL, Job.objects.get(pk=job.pk).explanation
 
 
 def test_a_failed_stage_stops_the_job_and_resume_starts_there(fake_project: FakeProject, jobs_dir: Path) -> None:
