@@ -58,11 +58,11 @@ def test_no_secret_in_arguments_environment_events_logs_or_files(
                     environments.append(proc.environ())
                 except psutil.Error:
                     pass
-        for path in jobs_dir.rglob("*"):
-            try:
+        try:
+            for path in jobs_dir.rglob("*"):
                 modes[str(path.relative_to(jobs_dir).as_posix().split("/", 1)[-1])] = stat.S_IMODE(path.lstat().st_mode)
-            except (FileNotFoundError, ValueError):
-                pass
+        except FileNotFoundError:  # the run removed a folder while it was being listed
+            pass
         time.sleep(0.05)
     thread.join()
 
