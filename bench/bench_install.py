@@ -52,7 +52,9 @@ def main() -> bool:
         VERSION,
         server_start_delay=server_delay,
         agent_start_delay=agent_delay,
-        heartbeat_interval=2.0,
+        # Node status every 10 s, the kubelet's default (nodeStatusUpdateFrequency); a node is Ready from its
+        # registration on, so this sets only the stand-in's background load, not how soon a join is seen.
+        heartbeat_interval=10.0,
         join_retry_interval=1.0,
     )
     os.environ.update(
