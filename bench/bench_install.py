@@ -182,9 +182,18 @@ def _print_task_profile(job: object, top: int = int(os.environ.get("BENCH_PROFIL
 
 
 def _print_start_trace(job: object, hosts: list) -> None:
-    """Per host: how long the service start task took, and the stand-in's own log milestones."""
+    """Per stage: when its first and last event came; per host: how long the service start task took, and the
+    stand-in's own log milestones."""
+    from django.db.models import Max, Min
+
     from clusters.models import JobEvent
 
+    stages = JobEvent.objects.filter(job=job).values("stage").annotate(first=Min("created"), last=Max("created"))
+    previous = None
+    for stage in stages.order_by("first"):
+        gap = f", {(stage['first'] - previous).total_seconds():.1f} s after the previous stage" if previous else ""
+        print(f"stage {stage['stage']:<16} events {stage['first']:%H:%M:%S.%f} to {stage['last']:%H:%M:%S.%f}{gap}")
+        previous = stage["last"]
     events = JobEvent.objects.filter(job=job, task="Start or restart the RKE2 service").order_by("counter")
     started = {}
     for event in events.values("event", "host_name", "created"):

@@ -42,6 +42,10 @@ class Server:
             self.paths.etcd_data, self.paths.etcd_pid, os.path.join(self.paths.logs("server"), "etcd.log")
         )
         self.retry = knobs["RKE2_STANDIN_JOIN_RETRY_INTERVAL"]
+        # The start delay counts from here: the stand-in's own start-up work is part of it, the time spent waiting
+        # to retry a join is not (a real node also needs its full start-up time once it can join).
+        self.started = time.monotonic()
+        self.blocked = 0.0
         self.http_servers = []
 
     # --- helpers ---------------------------------------------------------------------------------------
@@ -51,6 +55,14 @@ class Server:
     def sleep(self, seconds):
         if self.stopper.event.wait(seconds):
             self.shutdown()
+
+    def retry_sleep(self):
+        began = time.monotonic()
+        self.sleep(self.retry)
+        self.blocked += time.monotonic() - began
+
+    def start_delay_left(self, delay):
+        return max(0.0, delay - (time.monotonic() - self.started - self.blocked))
 
     def member_name(self):
         try:
@@ -199,7 +211,7 @@ class Server:
             boot = self._fetch_bootstrap(url, token, password)
             if boot is not None:
                 break
-            self.sleep(self.retry)
+            self.retry_sleep()
         local = config.critical_values(self.cfg)
         mismatches = [
             "%s (server: %s, local: %s)" % (key, json.dumps(boot["critical"].get(key)), json.dumps(local.get(key)))
@@ -266,7 +278,7 @@ class Server:
                         "Failed to join etcd cluster: peer URL %s already belongs to member %s; delete that node "
                         "(kubectl delete node) before re-adding this host" % (self.peer_url, mine["name"])
                     )
-                    self.sleep(self.retry)
+                    self.retry_sleep()
                     continue
                 if mine:
                     member_id = mine["id"]
@@ -282,7 +294,7 @@ class Server:
                 )
             except etcd.EtcdUnavailable as exc:
                 log.error("Failed to join etcd cluster: %s" % exc)
-            self.sleep(self.retry)
+            self.retry_sleep()
         parts = []
         for member in members:
             if member["id"] == member_id:
@@ -496,10 +508,10 @@ class Server:
             if not problem:
                 break
             log.error(problem, node=self.name)
-            self.sleep(self.retry)
-        delay = self.knobs["RKE2_STANDIN_SERVER_START_DELAY"]
+            self.retry_sleep()
+        delay = self.start_delay_left(self.knobs["RKE2_STANDIN_SERVER_START_DELAY"])
         if delay > 0:
-            log.info("Waiting for static pods to start", seconds=delay)
+            log.info("Waiting for static pods to start", seconds=round(delay, 1))
             self.sleep(delay)
         ctx = httputil.client_context(self.tls("server-ca.crt"), self.paths.kubelet_crt, self.paths.kubelet_key)
         kubelet = node.Kubelet(self.node_info(), ["https://127.0.0.1:6443"], ctx)
