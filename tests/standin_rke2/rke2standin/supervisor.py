@@ -33,10 +33,10 @@ class Supervisor:
     def apiservers(self):
         items, _ = self.etcd.list_json(apiserver.NODE_PREFIX)
         out = []
-        for _, node, _ in items:
-            if node.get("metadata", {}).get("labels", {}).get("node-role.kubernetes.io/control-plane") != "true":
+        for _, obj, _ in items:
+            if obj.get("metadata", {}).get("labels", {}).get("node-role.kubernetes.io/control-plane") != "true":
                 continue
-            for addr in node.get("status", {}).get("addresses", []):
+            for addr in obj.get("status", {}).get("addresses", []):
                 if addr.get("type") == "InternalIP":
                     out.append("%s:6443" % addr["address"])
         return sorted(set(out))
