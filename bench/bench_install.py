@@ -15,7 +15,8 @@ job engine adds; the rest of the distance to the floor is the playbooks' own wor
 namespaces). Settings: ``BENCH_WORKERS`` (N), ``BENCH_SERVER_START_DELAY`` and ``BENCH_AGENT_START_DELAY``
 (seconds, default 30 and 20: an RKE2 server typically needs 30 to 60 s to become Ready, an agent 20 to 30 s).
 Also prints the tasks the install spent most wall time in (``BENCH_PROFILE_TOP``, default 12) and, with
-``BENCH_INSTALL_TRACE=1``, each node's service start and the stand-in's own log milestones.
+``BENCH_INSTALL_TRACE=1``, each stage's first and last event, each node's service start and the stand-in's own log
+milestones (``2``: also every task's start, on which hosts).
 """
 
 from __future__ import annotations
@@ -111,8 +112,10 @@ def _run(network: object, *, workers: int, server_delay: float, agent_delay: flo
         f"ratio {elapsed / floor:.3f} (target <= {MAX_RATIO} at 6 workers)"
     )
     _print_task_profile(job)
-    if os.environ.get("BENCH_INSTALL_TRACE") == "1":
+    if os.environ.get("BENCH_INSTALL_TRACE") in ("1", "2"):
         _print_start_trace(job, hosts)
+    if os.environ.get("BENCH_INSTALL_TRACE") == "2":
+        _print_timeline(job)
     if status != "successful":
         print(job.explanation, file=sys.stderr)
         return False
@@ -209,6 +212,27 @@ def _print_start_trace(job: object, hosts: list) -> None:
                 for line in log.read_text().splitlines():
                     if any(mark in line for mark in ("Starting rke2", "Waiting for", "up and running", "level=error")):
                         print(f"  {host.name:<10} {line[:150]}")
+
+
+def _print_timeline(job: object) -> None:
+    """Every task as it started, with the seconds since the job's first event and the hosts it ran on."""
+    from clusters.models import JobEvent
+
+    events = (
+        JobEvent.objects.filter(job=job).order_by("counter").values("stage", "event", "task", "host_name", "created")
+    )
+    start = None
+    current = None
+    hosts: list[str] = []
+    for event in events:
+        start = start or event["created"]
+        if event["event"] in ("playbook_on_task_start", "playbook_on_play_start", "playbook_on_stats"):
+            if current:
+                print(f"{current[0]:7.1f}  {current[1]:<16} {current[2][:60]:<60} {','.join(sorted(set(hosts)))[:40]}")
+            current = ((event["created"] - start).total_seconds(), event["stage"], event["task"] or event["event"])
+            hosts = []
+        elif event["event"] == "runner_on_start" and event["host_name"]:
+            hosts.append(event["host_name"])
 
 
 def _run_plain(network: object, *, workers: int) -> float:
