@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import socket
-import time
 
 from . import httputil, log, node, pki
 
@@ -23,22 +22,14 @@ class Agent:
         self.external_ips = cfg.get("node-external-ip") or []
         self.stopper = node.Stopper()
         self.retry = knobs["RKE2_STANDIN_JOIN_RETRY_INTERVAL"]
-        # The start delay counts from here: the stand-in's own start-up work is part of it, the time spent waiting
-        # to retry a join is not (a real node also needs its full start-up time once it can join).
-        self.started = time.monotonic()
-        self.blocked = 0.0
+        self.clock = node.StartClock()
 
     def sleep(self, seconds):
         if self.stopper.event.wait(seconds):
             self.shutdown()
 
     def retry_sleep(self):
-        began = time.monotonic()
-        self.sleep(self.retry)
-        self.blocked += time.monotonic() - began
-
-    def start_delay_left(self, delay):
-        return max(0.0, delay - (time.monotonic() - self.started - self.blocked))
+        self.clock.wait_to_retry(self.sleep, self.retry)
 
     def supervisors(self):
         urls = [self.cfg["server"].rstrip("/")]
@@ -120,7 +111,7 @@ class Agent:
             endpoints = ["https://%s:6443" % url.split("//", 1)[-1].rsplit(":", 1)[0]]
         node.save_lb(self.paths.lb_file, endpoints, self.cfg["server"])
         log.info("Retrieved agent configuration", supervisor=url, apiservers=",".join(endpoints))
-        delay = self.start_delay_left(self.knobs["RKE2_STANDIN_AGENT_START_DELAY"])
+        delay = self.clock.delay_left(self.knobs["RKE2_STANDIN_AGENT_START_DELAY"])
         if delay > 0:
             log.info("Waiting for kubelet and kube-proxy to start", seconds=round(delay, 1))
             self.sleep(delay)

@@ -455,3 +455,20 @@ class Stopper:
     def __call__(self, signum, frame):
         log.info("Received signal, shutting down", signal=signum)
         self.event.set()
+
+
+class StartClock:
+    """Counts a start delay from the start of the process: the stand-in's own start-up work is part of it, the
+    time spent waiting to retry a join is not (a real node also needs its full start-up time once it can join)."""
+
+    def __init__(self):
+        self.started = time.monotonic()
+        self.blocked = 0.0
+
+    def wait_to_retry(self, sleep, seconds):
+        began = time.monotonic()
+        sleep(seconds)
+        self.blocked += time.monotonic() - began
+
+    def delay_left(self, delay):
+        return max(0.0, delay - (time.monotonic() - self.started - self.blocked))

@@ -42,10 +42,7 @@ class Server:
             self.paths.etcd_data, self.paths.etcd_pid, os.path.join(self.paths.logs("server"), "etcd.log")
         )
         self.retry = knobs["RKE2_STANDIN_JOIN_RETRY_INTERVAL"]
-        # The start delay counts from here: the stand-in's own start-up work is part of it, the time spent waiting
-        # to retry a join is not (a real node also needs its full start-up time once it can join).
-        self.started = time.monotonic()
-        self.blocked = 0.0
+        self.clock = node.StartClock()
         self.http_servers = []
 
     # --- helpers ---------------------------------------------------------------------------------------
@@ -57,12 +54,7 @@ class Server:
             self.shutdown()
 
     def retry_sleep(self):
-        began = time.monotonic()
-        self.sleep(self.retry)
-        self.blocked += time.monotonic() - began
-
-    def start_delay_left(self, delay):
-        return max(0.0, delay - (time.monotonic() - self.started - self.blocked))
+        self.clock.wait_to_retry(self.sleep, self.retry)
 
     def member_name(self):
         try:
@@ -509,7 +501,7 @@ class Server:
                 break
             log.error(problem, node=self.name)
             self.retry_sleep()
-        delay = self.start_delay_left(self.knobs["RKE2_STANDIN_SERVER_START_DELAY"])
+        delay = self.clock.delay_left(self.knobs["RKE2_STANDIN_SERVER_START_DELAY"])
         if delay > 0:
             log.info("Waiting for static pods to start", seconds=round(delay, 1))
             self.sleep(delay)
