@@ -147,10 +147,13 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
         "data_folder_in": str(_BROKER_DIR / "queue"),
         "data_folder_out": str(_BROKER_DIR / "queue"),
         "processed_folder": str(_BROKER_DIR / "processed"),
+        # Fanout exchanges (remote control, broadcast): kombu's default is a `control` folder in the working
+        # directory.
+        "control_folder": str(_BROKER_DIR / "control"),
         "store_processed": False,
         "polling_interval": env.float("CELERY_BROKER_POLLING_INTERVAL", default=0.5),
     }
-    for _folder in ("queue", "processed"):
+    for _folder in ("queue", "processed", "control"):
         (_BROKER_DIR / _folder).mkdir(parents=True, exist_ok=True)
 else:
     # A playbook task is acknowledged on receipt, but keep the visibility timeout above the longest job anyway.
