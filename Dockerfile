@@ -18,13 +18,10 @@ RUN apt-get update \
 
 WORKDIR /app
 
-# Runtime packages only: requirements.txt lists the test and tooling packages after the "Tests and tooling"
-# heading.
+# Runtime packages only (the test and tooling packages are in requirements-dev.txt).
 COPY requirements.txt ./
-RUN sed '/^# Tests and tooling/,$d' requirements.txt > /tmp/requirements-runtime.txt \
-    && python -m venv "$VIRTUAL_ENV" \
-    && pip install -r /tmp/requirements-runtime.txt \
-    && rm /tmp/requirements-runtime.txt
+RUN python -m venv "$VIRTUAL_ENV" \
+    && pip install -r requirements.txt
 
 COPY . .
 

@@ -22,17 +22,19 @@ bootstrap_system_packages() {
   fi
 }
 
-# bootstrap_venv: create .venv and install requirements.txt into it whenever the file changed.
+# bootstrap_venv [REQUIREMENTS]: create .venv and install REQUIREMENTS (default requirements.txt, the runtime
+# packages; the test command passes requirements-dev.txt) whenever a requirements file changed.
 bootstrap_venv() {
+  local requirements=${1:-requirements.txt}
   if [ ! -x .venv/bin/python ]; then
     python3 -m venv .venv
   fi
   local stamp=.venv/.requirements.sha256
   local want
-  want=$(sha256sum requirements.txt | cut -d' ' -f1)
+  want=$(cat "$requirements" requirements*.txt | sha256sum | cut -d' ' -f1)
   if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
-    echo "Installing Python packages from requirements.txt"
-    .venv/bin/pip install -q --disable-pip-version-check -r requirements.txt 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
+    echo "Installing Python packages from $requirements"
+    .venv/bin/pip install -q --disable-pip-version-check -r "$requirements" 2>&1 | grep -v "is ignored: it is neither a file nor a directory" || true
     .venv/bin/python -c "import django, ansible_runner, celery" || { echo "pip install failed" >&2; return 1; }
     echo "$want" > "$stamp"
   fi
