@@ -2,7 +2,7 @@
 
 # The embedded default needs no server: only Python's venv module and the ssh client that Ansible uses.
 APT_PACKAGES_RUN="python3-venv openssh-client"
-APT_PACKAGES_TEST="python3-venv redis-server postgresql openssh-server openssh-client sudo iproute2 etcd-server etcd-client kubectl chromium chromium-driver"
+APT_PACKAGES_TEST="python3-venv redis-server postgresql openssh-server openssh-client sudo iproute2 etcd-server etcd-client kubectl chromium chromium-driver systemd-container debootstrap attr nftables"
 
 # bootstrap_system_packages [PACKAGES]: install the missing ones (default: everything the test suite needs).
 bootstrap_system_packages() {

@@ -1,10 +1,12 @@
 """Command line for SSH test hosts (run from the repository root, as root).
 
-``python -m tests.testhosts up --count 3``
-    Boot a network of hosts, print its JSON description (one line on stdout) and ssh commands (stderr), keep
+``python -m tests.testhosts up --count 3 [--flavour systemd]``
+    Boot a network of hosts (``systemd``: real systemd as PID 1 in each host), print its JSON description (one line on stdout) and ssh commands (stderr), keep
     running until Ctrl-C / SIGTERM / SIGHUP, then tear everything down.
 ``python -m tests.testhosts cleanup-stale``
     Tear down networks whose owning process is gone; prints the removed claims as JSON.
+``python -m tests.testhosts build-root [--force]``
+    Build the cached Debian root of the systemd hosts unless it exists; prints its path.
 ``python -m tests.testhosts list``
     Print every claim (index, owner PID, whether the owner is alive, run directory) as JSON.
 """
@@ -20,7 +22,8 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-from .harness import DEFAULT_HOSTNAME_PREFIX, HostNetwork, HostNetworkError, cleanup_stale, read_claims
+from . import rootfs
+from .harness import DEFAULT_HOSTNAME_PREFIX, FLAVOURS, HostNetwork, HostNetworkError, cleanup_stale, read_claims
 
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
@@ -37,7 +40,7 @@ def _up(args: argparse.Namespace) -> int:
     names = [name.strip() for name in args.names.split(",")] if args.names else None
     for signum in _STOP_SIGNALS:
         signal.signal(signum, _raise_stop)
-    network = HostNetwork(hostname_prefix=args.hostname_prefix)
+    network = HostNetwork(flavour=args.flavour, hostname_prefix=args.hostname_prefix)
     try:
         started = time.perf_counter()
         network.start()
@@ -68,6 +71,11 @@ def _cleanup_stale(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_root(args: argparse.Namespace) -> int:
+    print(rootfs.build_root(force=args.force))
+    return 0
+
+
 def _list(args: argparse.Namespace) -> int:
     claims = [
         {**dataclasses.asdict(claim), "path": str(claim.path), "owner_alive": claim.owner_alive}
@@ -84,7 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     up.add_argument("--count", type=int, default=3, help="number of hosts (default 3)")
     up.add_argument("--names", help="comma-separated hostnames (instead of --count)")
     up.add_argument("--hostname-prefix", default=DEFAULT_HOSTNAME_PREFIX, help="prefix of generated hostnames")
+    up.add_argument("--flavour", choices=FLAVOURS, default="namespace", help="what runs in the hosts")
     up.set_defaults(handler=_up)
+    build = commands.add_parser("build-root", help="build the cached root of the systemd hosts when missing")
+    build.add_argument("--force", action="store_true", help="build it again even if it exists")
+    build.set_defaults(handler=_build_root)
     commands.add_parser("cleanup-stale", help="tear down networks whose owner is gone").set_defaults(
         handler=_cleanup_stale
     )
@@ -92,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args))
-    except (HostNetworkError, ValueError) as error:
+    except (HostNetworkError, rootfs.RootBuildError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
 

@@ -91,6 +91,8 @@ from types import FrameType
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from . import cgroups
+
 __all__ = [
     "DEFAULT_CLAIMS_DIR",
     "DEFAULT_OVERLAY_DIRS",
@@ -98,6 +100,7 @@ __all__ = [
     "DEFAULT_TMPFS_DIRS",
     "DEPLOY_HOME",
     "DEPLOY_USER",
+    "FLAVOURS",
     "TARGET_PYTHON",
     "Claim",
     "Host",
@@ -127,6 +130,7 @@ DEFAULT_OVERLAY_DIRS: tuple[str, ...] = ("/etc", "/opt", "/usr/local", "/var/lib
 DEFAULT_PRIVATE_DIRS: tuple[str, ...] = ("/root",)
 DEFAULT_TMPFS_DIRS: tuple[str, ...] = ("/run", "/tmp")
 DEFAULT_HOSTNAME_PREFIX = "node"
+FLAVOURS: tuple[str, ...] = ("namespace", "systemd")
 
 DEPLOY_USER = "deploy"
 DEPLOY_HOME = "/var/lib/deploy-home"
@@ -154,7 +158,11 @@ class HostNetworkError(RuntimeError):
 
 
 def _run(
-    argv: Sequence[str], *, input: str | None = None, check: bool = True, timeout: float = 30.0
+    argv: Sequence[str],
+    *,
+    input: str | None = None,  # noqa: A002
+    check: bool = True,
+    timeout: float = 30.0,
 ) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(list(argv), input=input, capture_output=True, text=True, timeout=timeout, check=False)
     if check and proc.returncode != 0:
@@ -510,6 +518,8 @@ def _teardown_instance(names: _Names, run_dir: Path | None, *, mount_ns_pins: Se
     the descriptors are closed once no process is left.
     """
     run_dir = _owned_run_dir(names.index, run_dir)
+    # Systemd hosts: everything a host runs is in its cgroup, including processes outside its namespaces.
+    cgroups.kill_and_remove(names.prefix)
     namespaces = names.existing_namespaces()
     net_ids = {ns_id for name in namespaces if (ns_id := _ns_id(f"/run/netns/{name}")) is not None}
     try:
@@ -543,7 +553,8 @@ def instance_leftovers(
 
     Checks namespaces, links, routes (any table), TCP sockets towards the subnet (TIME-WAIT excepted),
     processes whose command line or mount table mentions the run directory (every process of a host sees
-    its overlays), root-namespace mounts, the run directory and the claim file.
+    its overlays), root-namespace mounts, cgroups named after the network (systemd hosts), the run
+    directory and the claim file.
     """
     names = _Names(index)
     problems = [f"network namespace {name}" for name in names.existing_namespaces()]
@@ -563,6 +574,7 @@ def instance_leftovers(
                     break
     needles = [f"/run/netns/{names.prefix}h"] + ([str(run_dir)] if run_dir is not None else [])
     problems += [f"mount {mount_point}" for mount_point in _mounts_matching(needles)]
+    problems += [f"cgroup {path}" for path in cgroups.existing(names.prefix)]
     if run_dir is not None and os.path.lexists(run_dir):
         problems.append(f"run directory {run_dir}")
     if _claim_path(claims_dir, index).exists():
@@ -664,13 +676,14 @@ class _UpperTree:
     merged directory shows the upper directory's attributes.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, lower: Path = Path("/")) -> None:
         self.root = root
+        self.lower = lower
 
     def mkdir_like_lower(self, path: str) -> Path:
         target = self.root / _rel(path)
         parts = PurePosixPath(path).parts[1:]
-        current_lower = Path("/")
+        current_lower = self.lower
         current_upper = self.root
         for part in parts:
             current_lower /= part
@@ -699,7 +712,7 @@ class _UpperTree:
         self.mkdir_like_lower(str(PurePosixPath(path).parent))
         target = self.root / _rel(path)
         try:
-            lower = os.stat(path)
+            lower = os.stat(self.lower / _rel(path))
             lower_mode, lower_uid, lower_gid = stat.S_IMODE(lower.st_mode), lower.st_uid, lower.st_gid
         except FileNotFoundError:
             lower_mode, lower_uid, lower_gid = 0o644, 0, 0
@@ -881,7 +894,7 @@ class Host:
         cmd: Sequence[str],
         *,
         check: bool = False,
-        input: str | None = None,
+        input: str | None = None,  # noqa: A002
         timeout: float = 60.0,
         env: Mapping[str, str] | None = None,
     ) -> subprocess.CompletedProcess[str]:
@@ -924,7 +937,7 @@ class Host:
         *,
         user: str = "root",
         check: bool = False,
-        input: str | None = None,
+        input: str | None = None,  # noqa: A002
         timeout: float = 60.0,
     ) -> subprocess.CompletedProcess[str]:
         """Run ``command`` over real SSH as ``user``; a sequence is quoted for the remote shell."""
@@ -1002,11 +1015,28 @@ class HostNetwork:
             node1.ssh("hostname", user="deploy")
 
     All methods are thread-safe. ``close()`` is idempotent and runs at interpreter exit if forgotten.
+
+    ``flavour`` picks what runs inside the hosts: ``"namespace"`` (default: sshd as PID 1 over overlays of this
+    machine's directories) or ``"systemd"`` (real systemd as PID 1 booted with ``systemd-nspawn`` from a cached
+    Debian root, see :mod:`tests.testhosts.systemd`); both have the same API.
     """
+
+    flavour = "namespace"
+    host_class: type[Host] = Host
+
+    def __new__(cls, *args: object, flavour: str = "namespace", **kwargs: object) -> HostNetwork:
+        if flavour not in FLAVOURS:
+            raise ValueError(f"flavour: {flavour!r} is not one of {', '.join(FLAVOURS)}")
+        if cls is HostNetwork and flavour == "systemd":
+            from .systemd import SystemdHostNetwork
+
+            cls = SystemdHostNetwork
+        return super().__new__(cls)
 
     def __init__(
         self,
         *,
+        flavour: str = "namespace",
         hostname_prefix: str = DEFAULT_HOSTNAME_PREFIX,
         overlay_dirs: Sequence[str] = DEFAULT_OVERLAY_DIRS,
         private_dirs: Sequence[str] = DEFAULT_PRIVATE_DIRS,
@@ -1248,7 +1278,7 @@ class HostNetwork:
             free = [slot for slot in range(1, MAX_SLOT + 1) if slot not in self._hosts]
             if len(free) < count:
                 raise HostNetworkError(f"the network has room for {len(free)} more hosts, not {count}")
-            return self._boot(list(zip(free, names)))
+            return self._boot(list(zip(free[:count], names, strict=True)))
 
     def destroy_host(self, host: Host) -> None:
         """Stop the host, kill everything in it and remove its namespace, veth and files."""
@@ -1273,7 +1303,8 @@ class HostNetwork:
     def _boot(self, plan: Sequence[tuple[int, str]]) -> list[Host]:
         names = self._names
         hosts = [
-            Host(network=self, name=name, slot=slot, host_key=_generate_ed25519(f"root@{name}")) for slot, name in plan
+            self.host_class(network=self, name=name, slot=slot, host_key=_generate_ed25519(f"root@{name}"))
+            for slot, name in plan
         ]
         for host in hosts:
             self._hosts[host.slot] = host
@@ -1285,8 +1316,10 @@ class HostNetwork:
             for host in hosts:
                 root_commands += [
                     f"netns add {host.namespace}",
-                    f"link add {host.veth} type veth peer name eth0 address {names.host_mac(host.slot)}"
-                    f" netns {host.namespace}",
+                    (
+                        f"link add {host.veth} type veth peer name eth0 address {names.host_mac(host.slot)}"
+                        f" netns {host.namespace}"
+                    ),
                     f"link set {host.veth} master {names.bridge} up",
                 ]
             _ip_batch(root_commands)
@@ -1302,7 +1335,7 @@ class HostNetwork:
                 )
                 for host in hosts
             ]
-            for host, proc in zip(hosts, configure):
+            for host, proc in zip(hosts, configure, strict=True):
                 output, _ = proc.communicate(
                     f"addr add {host.ip}/24 dev eth0\nlink set lo up\nlink set eth0 up\n", timeout=30
                 )

@@ -192,8 +192,9 @@ def test_added_and_recreated_hosts_are_fresh_and_known(make_hosts: MakeHosts, ho
     assert old_key not in host_network.known_hosts_text
     assert fresh.ssh(["test", "!", "-e", "/etc/rancher/rke2/config.yaml"]).returncode == 0
     assert not fresh.path("/etc/rancher/rke2/config.yaml").exists()
-    assert node2.ssh(["ssh-keyscan", "-t", "ed25519", fresh.name], check=True).stdout.split()[-1] == (
-        fresh.host_public_key.split()[1]
+    assert (
+        node2.ssh(["ssh-keyscan", "-t", "ed25519", fresh.name], check=True).stdout.split()[-1]
+        == (fresh.host_public_key.split()[1])
     )
 
     named = make_hosts(names=["cp-1", "worker-1"])
