@@ -320,6 +320,8 @@ class StageOrchestrator:
                 bootstrapped_at=timezone.now()
             )
         if result.outcome.kubeconfig is not None:
+            # Its credentials are secrets of the job from now on.
+            self.redactor.add(_kubeconfig_secrets(result.outcome.kubeconfig))
             state.cluster_update(self.cluster.pk, kubeconfig=result.outcome.kubeconfig)
         if kind == JobKind.SCALE_REMOVE:
             removed = self.facts.get("rke2_removed_nodes")
@@ -338,6 +340,8 @@ class StageOrchestrator:
                 errors[node_id] = outcome.host_errors[hostname]
             elif outcome.host_failed(hostname):
                 errors[node_id] = f"Stage {stage} failed on this node."
+        errors = {node_id: self.redactor.text(message) for node_id, message in errors.items()}
+        reason = self.redactor.text(reason)
         if self.job.kind == JobKind.PREFLIGHT:
             state.nodes_note_errors(errors, self.job)
             return
@@ -370,7 +374,7 @@ class StageOrchestrator:
     def _abort(self, reason: str) -> None:
         """The job ended without finishing its stages for a reason that is not a stage's own failure."""
         try:
-            state.nodes_abort(self.cluster.pk, self.job, reason)
+            state.nodes_abort(self.cluster.pk, self.job, self.redactor.text(reason))
         except Exception:  # noqa: BLE001
             logger.exception("job %s: could not record the abort on its nodes", self.job.pk)
 
@@ -428,6 +432,8 @@ class StageOrchestrator:
         self._set_job(result=self.job.result, rc=outcome.rc)
 
     def _set_job(self, **fields: Any) -> None:
+        if "result" in fields:
+            fields["result"] = self.redactor.data(fields["result"])
         for name, value in fields.items():
             setattr(self.job, name, value)
         fields["heartbeat_at"] = timezone.now()
@@ -450,11 +456,14 @@ class StageOrchestrator:
                     state.cluster_settle_after_job(self.job, status)
                 except Exception:  # noqa: BLE001
                     logger.exception("job %s: could not settle the state of cluster %s", self.job.pk, self.cluster.pk)
-            result = {**(self.job.result or {}), "facts": self.facts, "dropped_events": self.writer.dropped}
+            # Facts, stage summaries and the explanation come from Ansible's output: masked like the events.
+            result = self.redactor.data(
+                {**(self.job.result or {}), "facts": self.facts, "dropped_events": self.writer.dropped}
+            )
             updated = Job.objects.filter(pk=self.job.pk, status=JobStatus.RUNNING).update(
                 status=status,
                 finished_at=now,
-                explanation=explanation[:10000],
+                explanation=self.redactor.text(explanation)[:10000],
                 result=result,
                 emitted_events=self.writer.emitted,
                 heartbeat_at=now,

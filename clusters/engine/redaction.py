@@ -45,12 +45,25 @@ def _base64_forms(value: str) -> set[str]:
 
 
 class Redactor:
-    """Replaces the given secret values with :data:`MASK` in strings and JSON-like data; also strips NULs."""
+    """Replaces the given secret values with :data:`MASK` in strings and JSON-like data; also strips NULs.
+
+    Secrets shorter than :data:`MIN_SECRET_LENGTH` are not masked (they would mask ordinary words): the portal
+    never accepts such a cluster token (see the legacy import). :meth:`add` takes secrets learnt while a job runs
+    (a kubeconfig fetched by a stage); the redactor may be used from several threads meanwhile.
+    """
 
     def __init__(self, secrets: Iterable[str | None]) -> None:
+        self._secrets: list[str] = []
+        # (forms, pattern), replaced as one value so that a thread never sees the forms of one and the pattern of
+        # the other.
+        self._state: tuple[tuple[str, ...], re.Pattern[str] | None] = ((), None)
+        self.add(secrets)
+
+    def add(self, secrets: Iterable[str | None]) -> None:
+        """Mask these secrets too, from now on."""
+        self._secrets.extend(str(secret or "") for secret in secrets)
         forms: set[str] = set()
-        for secret in secrets:
-            value = str(secret or "")
+        for value in self._secrets:
             stripped = value.strip()
             if len(stripped) < MIN_SECRET_LENGTH:
                 continue
@@ -64,20 +77,30 @@ class Redactor:
                 forms.update(_base64_forms(stripped))
         forms.discard("")
         # Longest first, so that a whole key is masked as one piece rather than line by line.
-        self._forms = tuple(sorted(forms, key=len, reverse=True))
-        self._pattern = re.compile("|".join(re.escape(form) for form in self._forms)) if self._forms else None
+        ordered = tuple(sorted(forms, key=len, reverse=True))
+        pattern = re.compile("|".join(re.escape(form) for form in ordered)) if ordered else None
+        self._state = (ordered, pattern)
+
+    @property
+    def _forms(self) -> tuple[str, ...]:
+        return self._state[0]
+
+    @property
+    def _pattern(self) -> re.Pattern[str] | None:
+        return self._state[1]
 
     def __bool__(self) -> bool:
-        return self._pattern is not None
+        return self._state[1] is not None
 
-    def _found_in(self, text: str) -> bool:
-        return any(form in text for form in self._forms)
+    def _found_in(self, text: str, forms: tuple[str, ...] | None = None) -> bool:
+        return any(form in text for form in (self._forms if forms is None else forms))
 
     def text(self, value: str) -> str:
         """``value`` with every secret masked and NULs removed."""
         value = strip_nul(value)
-        if self._pattern is not None and self._found_in(value):
-            value = self._pattern.sub(MASK, value)
+        forms, pattern = self._state
+        if pattern is not None and self._found_in(value, forms):
+            value = pattern.sub(MASK, value)
         return value
 
     def data(self, value: Any) -> Any:
@@ -89,7 +112,8 @@ class Redactor:
             dumped = json.dumps(value, ensure_ascii=False, default=str)
         except (TypeError, ValueError):
             return self._walk(value)
-        if "\\u0000" in dumped or (self._pattern is not None and self._found_in(dumped)):
+        forms, pattern = self._state
+        if "\\u0000" in dumped or (pattern is not None and self._found_in(dumped, forms)):
             return self._walk(value)
         return value
 

@@ -274,7 +274,7 @@ class PlaybookRunner:
     def run(self, spec: PlaybookRun) -> RunOutcome:
         started = time.monotonic()
         private_dir = make_private_dir(self.work_dir, self.job_id)
-        state = _RunState(offset=self.last_counter, stage=spec.stage)
+        state = _RunState(offset=self.last_counter, stage=spec.stage, redactor=self.redactor)
         interrupted = True
         try:
             outcome = self._run_in(private_dir, spec, state)
@@ -288,6 +288,9 @@ class PlaybookRunner:
             self._stop_leftovers(private_dir, kill_playbook=interrupted)
             remove_private_dir(private_dir)
         self.last_counter = max(self.last_counter, state.max_counter)
+        # Everything the outcome carries from Ansible's output is stored (job result, node errors, explanation):
+        # masked here, before anything is cut to length.
+        outcome.explanation = self.redactor.text(outcome.explanation)
         outcome.stats = state.stats
         outcome.artifact_data = state.artifact_data
         outcome.host_errors = state.host_errors
@@ -422,9 +425,10 @@ class PlaybookRunner:
 class _RunState:
     """What the event handler gathers during one run (only plain assignments: it runs in ansible-runner's loop)."""
 
-    def __init__(self, *, offset: int, stage: str) -> None:
+    def __init__(self, *, offset: int, stage: str, redactor: Redactor | None = None) -> None:
         self.offset = offset
         self.stage = stage
+        self.redactor = redactor or Redactor(())
         self.max_counter = offset
         self.events = 0
         self.stats: dict[str, dict[str, int]] = {}
@@ -456,16 +460,17 @@ class _RunState:
         for key in ("ok", "changed", "dark", "failures", "ignored", "rescued", "skipped", "processed"):
             value = data.get(key)
             if isinstance(value, dict):
-                self.stats[key] = {str(host): int(count or 0) for host, count in value.items()}
+                self.stats[key] = {self.redactor.text(str(host)): int(count or 0) for host, count in value.items()}
         artifact = data.get("artifact_data")
         if isinstance(artifact, dict):
-            self.artifact_data = dict(artifact)
+            # Facts reported with set_stats are stored with the job: masked like the events.
+            self.artifact_data = dict(self.redactor.data(artifact))
 
     def _note_failure(self, event: Mapping[str, Any]) -> None:
         data = event.get("event_data") or {}
         if data.get("ignore_errors"):
             return
-        host = str(data.get("host") or "")
+        host = self.redactor.text(str(data.get("host") or ""))
         if not host or host in self.host_errors:
             return
         res = data.get("res") if isinstance(data.get("res"), dict) else {}
@@ -478,7 +483,8 @@ class _RunState:
         task = str(data.get("task") or "")
         prefix = "unreachable" if event.get("event") == "runner_on_unreachable" else "failed"
         text = f"{prefix} at task {task!r}: {message}" if task else f"{prefix}: {message}"
-        self.host_errors[host] = text.strip()[:_MAX_ERROR_CHARS]
+        # Masked before it is cut, so that no part of a secret survives at the cut.
+        self.host_errors[host] = self.redactor.text(text.strip())[:_MAX_ERROR_CHARS]
 
 
 def _status_handler(job_id: int, stage: str) -> Callable[..., None]:
