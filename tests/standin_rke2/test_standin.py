@@ -13,6 +13,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import tarfile
 import tempfile
@@ -23,8 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests.standin_rke2.build import build_bundle, commit_of
+from tests.standin_rke2.rke2standin import cisprofile, etcd, log, node, yamlutil
 from tests.standin_rke2.rke2standin import config as rke2_config
-from tests.standin_rke2.rke2standin import yamlutil
 
 OLD = "v1.31.4+rke2r1"
 NEW = "v1.32.1+rke2r1"
@@ -192,18 +193,125 @@ def test_config_written_by_ansible_parses_without_pyyaml(tmp_path, monkeypatch):
             yamlutil.load_subset(unsupported)
 
 
+def test_notifier_sends_one_datagram_to_path_and_abstract_sockets(tmp_path):
+    received = {}
+    for name, address, env_value in (
+        ("path", str(tmp_path / "notify.sock"), str(tmp_path / "notify.sock")),
+        ("abstract", "\0rke2-standin-test-%d" % os.getpid(), "@rke2-standin-test-%d" % os.getpid()),
+    ):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as listener:
+            listener.bind(address)
+            listener.settimeout(5)
+            environ = {"NOTIFY_SOCKET": env_value, "RKE2_STANDIN_READY_FILE": str(tmp_path / name), "PATH": "/bin"}
+            notifier = node.Notifier(environ)
+            # The variables belong to this process only: taken out of the environment children inherit.
+            assert environ == {"PATH": "/bin"}
+            notifier.notify_ready("rke2 is up")
+            received[name] = listener.recv(4096)
+            notifier.stopping()
+            assert listener.recv(4096) == b"STOPPING=1\n"
+        assert not (tmp_path / name).exists()
+    assert received == {"path": b"READY=1\nSTATUS=rke2 is up\n", "abstract": b"READY=1\nSTATUS=rke2 is up\n"}
+    # Without a socket nothing is sent and nothing fails.
+    assert node.Notifier({}).send("READY=1\n") is False
+
+
+def test_etcd_does_not_inherit_the_notify_socket(monkeypatch):
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    monkeypatch.setenv("WATCHDOG_USEC", "1000")
+    env = etcd.child_environment()
+    assert "NOTIFY_SOCKET" not in env and "WATCHDOG_USEC" not in env and env["PATH"] == os.environ["PATH"]
+
+
+def _proc_sys(tmp_path, **values):
+    root = tmp_path / "proc-sys"
+    for name, default in cisprofile.KERNEL_PARAMETERS:
+        path = root / name.replace(".", "/")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("%s\n" % values.get(name.replace(".", "_"), default))
+    return str(root)
+
+
+def _validate(role, cfg, version, proc_sys):
+    """(exit code or None, logged lines) of cisprofile.validate."""
+    lines = []
+    original = log._emit
+    log._emit = lambda level, msg, fields: lines.append("%s: %s" % (level, msg))
+    try:
+        cisprofile.validate(role, cfg, version, proc_sys)
+        return None, lines
+    except SystemExit as exc:
+        return exc.code, lines
+    finally:
+        log._emit = original
+
+
+@pytest.mark.parametrize(
+    ("version", "profile", "sysctls", "expected"),
+    [
+        # the host's values do not matter without a profile
+        (OLD, "", {"kernel_panic": 0}, (None, "warning: not running in CIS mode")),
+        (OLD, "cis", {}, (None, None)),
+        (
+            OLD,
+            "cis",
+            {"kernel_panic": 0, "vm_overcommit_memory": 0},
+            (
+                1,
+                "fatal: invalid kernel parameter value vm.overcommit_memory=0 - expected 1\n"
+                "invalid kernel parameter value kernel.panic=0 - expected 10\n",
+            ),
+        ),
+        (OLD, "cis-1.23", {}, (1, "fatal: cis-1.23 profile is deprecated. Please use 'cis' instead.")),
+        (OLD, "etcd", {}, (1, "fatal: invalid value provided for --profile flag")),
+        (OLD, "cis-1.6", {}, (1, "fatal: invalid value provided for --profile flag")),
+        ("v1.32.6+rke2r1", "cis-1.23", {}, (1, "fatal: invalid value provided for --profile flag")),
+        ("v1.32.6+rke2r1", "etcd", {"kernel_panic": 0}, (None, None)),
+        ("v1.34.1+rke2r1", "cis", {"vm_panic_on_oom": 1}, (1, None)),
+    ],
+)
+def test_cis_profile_names_and_kernel_parameters_by_release(tmp_path, version, profile, sysctls, expected):
+    code, lines = _validate("server", {"profile": profile}, version, _proc_sys(tmp_path, **sysctls))
+    assert code == expected[0], lines
+    if expected[1]:
+        assert lines[-1] == expected[1]
+
+
+def test_cis_profile_needs_readable_parameters_and_protect_kernel_defaults(tmp_path):
+    proc_sys = _proc_sys(tmp_path)
+    os.unlink(os.path.join(proc_sys, "kernel", "panic"))
+    code, lines = _validate("agent", {"profile": "cis"}, OLD, proc_sys)
+    assert code == 1 and lines[-1] == "fatal: open %s/kernel/panic: no such file or directory" % proc_sys
+    cfg = {"profile": "cis", "protect-kernel-defaults": False}
+    code, lines = _validate("agent", cfg, OLD, _proc_sys(tmp_path))
+    assert code == 1 and lines[-1] == "fatal: --protect-kernel-defaults must be true when using --profile=cis"
+    cfg = {"profile": "cis"}
+    assert _validate("agent", cfg, OLD, _proc_sys(tmp_path)) == (None, [])
+    assert cfg["protect-kernel-defaults"] is True
+
+
+def test_data_dir_from_config_moves_every_node_path(tmp_path):
+    (tmp_path / "config.yaml").write_text("data-dir: /srv/rke2\ntoken: x\n")
+    cfg = rke2_config.load("agent", str(tmp_path / "config.yaml"))
+    paths = node.Paths(cfg["data-dir"])
+    moved = [value for value in vars(paths).values() if isinstance(value, str)]
+    assert moved and all(value.startswith("/srv/rke2") for value in moved)
+    assert paths.images == "/srv/rke2/agent/images" and paths.log_file("agent") == "/srv/rke2/agent/logs/rke2.log"
+    assert node.Paths(None).data == "/var/lib/rancher/rke2"
+
+
 # --------------------------------------------------------------------------------------------------------------
 # bundle and installer
 
 
 def test_bundle_has_airgap_layout_and_baked_in_version(bundles, tmp_path):
     old = bundles[OLD]
-    assert sorted(p.name for p in old.iterdir()) == [
+    assert {p.name for p in old.iterdir()} >= {
         "install.sh",
         "rke2-images.linux-amd64.tar.zst",
         "rke2.linux-amd64.tar.gz",
         "sha256sum-amd64.txt",
-    ]
+    }
     sums = dict(line.split()[::-1] for line in (old / "sha256sum-amd64.txt").read_text().splitlines())
     for name, digest in sums.items():
         assert hashlib.sha256((old / name).read_bytes()).hexdigest() == digest
@@ -225,10 +333,18 @@ def test_bundle_has_airgap_layout_and_baked_in_version(bundles, tmp_path):
             "Type=notify",
             "TimeoutStartSec=0",
             "KillMode=process",
-            "Conflicts=rke2-agent.service",
+            "Delegate=yes",
+            "Restart=always",
+            "RestartSec=5s",
+            "ExecCondition=/bin/sh -c 'if systemctl is-active --quiet rke2-agent.service; then",
             "ExecStart=/usr/local/bin/rke2 server",
         ):
             assert setting in unit
+        assert "Conflicts=" not in unit and "NotifyAccess" not in unit
+        sysctls = tar.extractfile("share/rke2/rke2-cis-sysctl.conf").read().decode()
+        assert sorted(line.split("=")[0] for line in sysctls.split()) == sorted(
+            name for name, _ in cisprofile.KERNEL_PARAMETERS
+        )
         knobs = tar.extractfile("share/rke2/standin.env").read().decode()
         assert "RKE2_STANDIN_NODE_MONITOR_GRACE=5" in knobs
         tar.extractall(tmp_path / "x", filter="tar")

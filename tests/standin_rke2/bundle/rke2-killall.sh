@@ -1,8 +1,10 @@
 #!/bin/sh
 # Stops every process the rke2 stand-in started on this host: the rke2 server/agent process and the etcd it
-# runs.  Processes are matched on command line AND on this host's mount and network namespaces, so that
-# other test hosts sharing the kernel are never touched.  Like the real script it does not touch the init
-# scripts' registration; "service rke2-<type> start" starts the node again.
+# runs.  Like the real script it stops the units first when systemd runs (Restart=always would start a
+# killed rke2 again) and finds the node's containers - here: its etcd - under RKE2_DATA_DIR (default
+# /var/lib/rancher/rke2; the script does not read config.yaml).  Processes are matched on command line AND
+# on this host's mount and network namespaces, so that other test hosts sharing the kernel are never
+# touched.  It does not touch the services' registration; starting the service starts the node again.
 set -u
 
 if [ "$(id -u)" != "0" ]; then
@@ -11,6 +13,13 @@ if [ "$(id -u)" != "0" ]; then
 fi
 
 RKE2_DATA_DIR=${RKE2_DATA_DIR:-/var/lib/rancher/rke2}
+RUN_DIR=/run/rke2
+
+if [ -d /run/systemd/system ]; then
+    systemctl stop rke2-server.service 2>/dev/null || true
+    systemctl stop rke2-agent.service 2>/dev/null || true
+fi
+
 self_mnt=$(readlink /proc/self/ns/mnt)
 self_net=$(readlink /proc/self/ns/net)
 
@@ -50,7 +59,7 @@ if [ -n "$(echo "$pids" | tr -d ' ')" ]; then
     fi
 fi
 
-rm -f "${RKE2_DATA_DIR}/rke2-server.pid" "${RKE2_DATA_DIR}/rke2-server.ready" \
-      "${RKE2_DATA_DIR}/rke2-agent.pid" "${RKE2_DATA_DIR}/rke2-agent.ready" \
+rm -f "${RUN_DIR}/rke2-server.pid" "${RUN_DIR}/rke2-server.ready" \
+      "${RUN_DIR}/rke2-agent.pid" "${RUN_DIR}/rke2-agent.ready" \
       "${RKE2_DATA_DIR}/server/etcd.pid"
 exit 0

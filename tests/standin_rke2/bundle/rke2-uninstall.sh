@@ -1,7 +1,9 @@
 #!/bin/sh
 # Removes everything the stand-in install put down, like the real rke2-uninstall.sh of a tarball install:
 # stops all processes (rke2-killall.sh), unregisters the services, deletes binaries, units, init scripts,
-# /etc/rancher/rke2, /etc/rancher/node, the data dir, and finally this script itself.
+# /etc/rancher/rke2, /etc/rancher/node, the data dir, and finally this script itself.  As in the real script
+# the data dir is RKE2_DATA_DIR (default /var/lib/rancher/rke2): config.yaml's data-dir is not read, so a node
+# installed with another data-dir must be uninstalled with RKE2_DATA_DIR set.
 set -e
 
 if [ "$(id -u)" != "0" ]; then
@@ -14,7 +16,7 @@ RKE2_DATA_DIR=${RKE2_DATA_DIR:-/var/lib/rancher/rke2}
 
 uninstall_killall() {
     if [ -x "${INSTALL_RKE2_ROOT}/bin/rke2-killall.sh" ]; then
-        "${INSTALL_RKE2_ROOT}/bin/rke2-killall.sh"
+        RKE2_DATA_DIR="${RKE2_DATA_DIR}" "${INSTALL_RKE2_ROOT}/bin/rke2-killall.sh"
     fi
 }
 
@@ -38,7 +40,8 @@ uninstall_remove_files() {
           "${INSTALL_RKE2_ROOT}/lib/systemd/system/rke2-agent.env" \
           "${INSTALL_RKE2_ROOT}/bin/rke2" \
           "${INSTALL_RKE2_ROOT}/bin/rke2-killall.sh"
-    rm -rf "${INSTALL_RKE2_ROOT}/share/rke2"
+    rm -f /etc/systemd/system/rke2-server.service /etc/systemd/system/rke2-agent.service
+    rm -rf "${INSTALL_RKE2_ROOT}/share/rke2" /run/rke2
     rm -rf /etc/rancher/rke2 /etc/rancher/node
     rm -d /etc/rancher 2>/dev/null || true
     rm -rf /var/lib/kubelet

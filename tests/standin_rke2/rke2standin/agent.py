@@ -13,7 +13,7 @@ class Agent:
         self.cfg = cfg
         self.knobs = knobs
         self.build = build
-        self.paths = node.Paths()
+        self.paths = node.Paths(cfg.get("data-dir"))
         self.name = (cfg.get("node-name") or socket.gethostname()).strip().lower()
         ips = cfg.get("node-ip") or []
         self.ip = ips[0] if ips else node.detect_node_ip()
@@ -97,6 +97,7 @@ class Agent:
         if not token.raw:
             log.fatal("--token is required")
         node.makedirs(self.paths.logs("agent"))
+        self.images = node.image_archives(self.paths)
         node.makedirs(os.path.dirname(self.paths.lb_file), 0o700)
         password = node.node_password()
         while True:
@@ -158,5 +159,5 @@ class Agent:
 
     def shutdown(self):
         log.info("Shutting down rke2 agent")
-        node.clear_ready()
+        node.notifier().stopping()
         raise SystemExit(0)

@@ -4,8 +4,9 @@ import os
 import subprocess
 import sys
 import time
+import traceback
 
-from . import config, log
+from . import cisprofile, config, log, node
 
 USAGE = """NAME:
    rke2 - Rancher Kubernetes Engine 2 (test stand-in)
@@ -23,6 +24,9 @@ GLOBAL OPTIONS:
    --help, -h         show help
    --version, -v      print the version
 """
+
+
+FLAG_ALIASES = {"d": "data-dir", "t": "token"}
 
 
 def _build():
@@ -46,6 +50,7 @@ def _parse_flags(args, role):
         if not arg.startswith("-"):
             raise SystemExit("rke2 %s: unexpected argument %r" % (role, arg))
         name, sep, value = arg.lstrip("-").partition("=")
+        name = FLAG_ALIASES.get(name, name)
         if name in ("c", "config"):
             if not sep:
                 i += 1
@@ -68,6 +73,8 @@ def _parse_flags(args, role):
 
 
 def main(argv=None):
+    # First of all: take the service manager's notification socket out of the environment (no child inherits it).
+    node.notifier()
     argv = list(sys.argv[1:] if argv is None else argv)
     build = _build()
     if not argv or argv[0] in ("-h", "--help", "help"):
@@ -81,6 +88,7 @@ def main(argv=None):
         argv = argv[1:]
     command, rest = argv[0], argv[1:]
     if command in ("server", "agent"):
+        log_link = os.environ.pop("RKE2_STANDIN_LOG_LINK", None)
         if os.geteuid() != 0:
             log.fatal("rke2 must be run as root")
         flags, config_path = _parse_flags(rest, command)
@@ -88,17 +96,32 @@ def main(argv=None):
             cfg = config.load(command, config_path, flags)
         except (config.ConfigError, OSError) as exc:
             log.fatal(str(exc))
+        if log_link:
+            # SysV init script: no journal, the log goes to <data-dir>/<role>/logs/rke2.log.
+            log.to_file(node.Paths(cfg.get("data-dir")).log_file(command), log_link)
+        else:
+            log.keep_on_stderr()
         if cfg.get("debug"):
             log.set_debug(True)
+        if not cfg.get("profile") and os.environ.get("RKE2_CIS_PROFILE"):
+            cfg["profile"] = os.environ["RKE2_CIS_PROFILE"]
+        cisprofile.validate(command, cfg, build.VERSION)
         knobs = config.load_knobs(_prefix())
-        if command == "server":
-            from .server import Server
+        try:
+            if command == "server":
+                from .server import Server
 
-            Server(cfg, knobs, build).run()
-        else:
-            from .agent import Agent
+                Server(cfg, knobs, build).run()
+            else:
+                from .agent import Agent
 
-            Agent(cfg, knobs, build).run()
+                Agent(cfg, knobs, build).run()
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the reason must reach the journal / log before exiting 1
+            for line in traceback.format_exc().rstrip().splitlines():
+                log.debug(line)
+            log.fatal("%s: %s" % (type(exc).__name__, exc))
         return 0
     if command == "etcd-snapshot":
         return etcd_snapshot(rest)
@@ -107,19 +130,29 @@ def main(argv=None):
 
 
 def etcd_snapshot(args):
-    """``rke2 etcd-snapshot save [--name NAME]`` / ``rke2 etcd-snapshot list`` through the real etcdctl."""
-    from .node import Paths
-
-    paths = Paths()
-    tls = paths.etcd_tls
+    """``rke2 etcd-snapshot [save] [--name NAME] [--data-dir DIR]`` / ``... list`` through the real etcdctl."""
     sub = args[0] if args and not args[0].startswith("-") else "save"
     opts = args[1:] if args and not args[0].startswith("-") else args
     name = "on-demand"
+    data_dir = None
+    config_path = config.CONFIG_FILE
     for i, opt in enumerate(opts):
-        if opt.startswith("--name="):
-            name = opt.split("=", 1)[1]
-        elif opt == "--name" and i + 1 < len(opts):
-            name = opts[i + 1]
+        key, sep, value = opt.lstrip("-").partition("=")
+        if not sep and i + 1 < len(opts):
+            value = opts[i + 1]
+        if key == "name":
+            name = value
+        elif key in ("data-dir", "d"):
+            data_dir = value
+        elif key in ("config", "c"):
+            config_path = value
+    if data_dir is None:
+        try:
+            data_dir = config.load("server", config_path, quiet=True).get("data-dir")
+        except (config.ConfigError, OSError) as exc:
+            log.fatal(str(exc))
+    paths = node.Paths(data_dir)
+    tls = paths.etcd_tls
     os.makedirs(paths.snapshots, mode=0o700, exist_ok=True)
     if sub == "list":
         for entry in sorted(os.listdir(paths.snapshots)):

@@ -11,7 +11,6 @@ import os
 from . import log, yamlutil
 
 CONFIG_FILE = "/etc/rancher/rke2/config.yaml"
-DATA_DIR = "/var/lib/rancher/rke2"
 
 # Flags understood by both ``rke2 server`` and ``rke2 agent`` (names as in the real CLI).
 COMMON_FLAGS = {
@@ -266,7 +265,7 @@ def config_files(path=CONFIG_FILE):
     return files
 
 
-def load(role, path=CONFIG_FILE, cli=None):
+def load(role, path=CONFIG_FILE, cli=None, quiet=False):
     """Return the effective flag dict for ``role`` ("server" or "agent")."""
     merged = {}
     for file_path in config_files(path):
@@ -285,7 +284,8 @@ def load(role, path=CONFIG_FILE, cli=None):
             append = key.endswith("+")
             flag = key[:-1] if append else key
             if not _known(flag, role):
-                log.warning("Unknown flag --%s found in config.yaml, skipping" % flag)
+                if not quiet:
+                    log.warning("Unknown flag --%s found in config.yaml, skipping" % flag)
                 continue
             try:
                 value = _normalise(flag, value)

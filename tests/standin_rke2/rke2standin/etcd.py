@@ -188,6 +188,15 @@ def _cmdline(pid):
         return []
 
 
+# Variables of the service manager that belong to the rke2 process alone.  etcd notifies READY=1 on
+# $NOTIFY_SOCKET when it has one: under Type=notify with NotifyAccess=all that would report rke2 ready early.
+PRIVATE_ENVIRONMENT = ("NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES")
+
+
+def child_environment():
+    return {key: value for key, value in os.environ.items() if key not in PRIVATE_ENVIRONMENT}
+
+
 class Process:
     """The node's etcd member.  Started detached (own session), so that stopping the rke2 service leaves it
     running - like the etcd static pod under ``KillMode=process``; ``rke2-killall.sh`` stops it."""
@@ -229,7 +238,13 @@ class Process:
         cmd = [ETCD_BIN, "--data-dir=%s" % self.data_dir, *args]
         log.info("Running etcd", args=" ".join(cmd[1:]))
         self._child = subprocess.Popen(
-            cmd, stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True, close_fds=True
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+            close_fds=True,
+            env=child_environment(),
         )
         out.close()
         self.pid = self._child.pid

@@ -19,9 +19,11 @@ NODE_PASSWORD_PREFIX = "/registry/secrets/kube-system/"
 
 
 class Paths:
+    """Every file the stand-in keeps under rke2's ``data-dir`` (``/var/lib/rancher/rke2`` unless configured)."""
+
     def __init__(self, data_dir=DATA_DIR):
-        self.data = data_dir
-        self.server = os.path.join(data_dir, "server")
+        self.data = os.path.abspath(data_dir or DATA_DIR)
+        self.server = os.path.join(self.data, "server")
         self.tls = os.path.join(self.server, "tls")
         self.etcd_tls = os.path.join(self.tls, "etcd")
         self.db = os.path.join(self.server, "db")
@@ -32,15 +34,19 @@ class Paths:
         self.token = os.path.join(self.server, "token")
         self.node_token = os.path.join(self.server, "node-token")
         self.agent_token = os.path.join(self.server, "agent-token")
-        self.agent = os.path.join(data_dir, "agent")
+        self.agent = os.path.join(self.data, "agent")
+        self.images = os.path.join(self.agent, "images")
         self.kubelet_crt = os.path.join(self.agent, "client-kubelet.crt")
         self.kubelet_key = os.path.join(self.agent, "client-kubelet.key")
         self.agent_ca = os.path.join(self.agent, "server-ca.crt")
         self.lb_file = os.path.join(self.agent, "etc", "rke2-agent-load-balancer.json")
-        self.bin = os.path.join(data_dir, "bin")
+        self.bin = os.path.join(self.data, "bin")
 
     def logs(self, role):
         return os.path.join(self.data, role, "logs")
+
+    def log_file(self, role):
+        return os.path.join(self.logs(role), "rke2.log")
 
 
 def makedirs(path, mode=0o755):
@@ -55,6 +61,21 @@ def write_file(path, data, mode=0o600):
         handle.write(data)
     os.chmod(tmp, mode)
     os.replace(tmp, path)
+
+
+def image_archives(paths):
+    """The airgap image archives in ``<data-dir>/agent/images`` (rke2 imports them into containerd at start)."""
+    try:
+        names = sorted(os.listdir(paths.images))
+    except OSError:
+        return []
+    found = []
+    for name in names:
+        full = os.path.join(paths.images, name)
+        if os.path.isfile(full) and name.endswith((".tar", ".tar.gz", ".tgz", ".tar.zst", ".tar.bz2", ".tar.lz4")):
+            log.info("Importing images from %s" % full)
+            found.append(full)
+    return found
 
 
 # --- tokens ---------------------------------------------------------------------------------------------
@@ -94,30 +115,76 @@ def random_secret():
 # --- readiness ------------------------------------------------------------------------------------------
 
 
-def notify_ready(status):
-    """sd_notify(READY=1) when run by systemd; the SysV init script waits for the ready file instead."""
-    sock_path = os.environ.get("NOTIFY_SOCKET")
-    if sock_path:
-        if sock_path.startswith("@"):
-            sock_path = "\0" + sock_path[1:]
+class Notifier:
+    """The service manager's readiness protocol.
+
+    Under systemd (``Type=notify``) the unit's ``$NOTIFY_SOCKET`` receives ``READY=1`` as one datagram, like
+    ``sd_notify(3)``; a leading ``@`` names a socket in the abstract namespace.  The variable is taken out of the
+    environment when the process starts, so that no child (etcd, openssl) can notify on rke2's behalf.  The SysV
+    init script passes ``RKE2_STANDIN_READY_FILE`` instead and waits for that file."""
+
+    def __init__(self, environ=None):
+        environ = os.environ if environ is None else environ
+        self.socket_path = environ.pop("NOTIFY_SOCKET", None) or None
+        self.ready_file = environ.pop("RKE2_STANDIN_READY_FILE", None) or None
+        self.ready = False
+
+    @staticmethod
+    def address(path):
+        if path.startswith("@"):
+            return "\0" + path[1:]
+        return path
+
+    def send(self, state):
+        """Send one notification datagram; returns False (and logs) when it cannot be delivered."""
+        if not self.socket_path:
+            return False
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-                sock.connect(sock_path)
-                sock.sendall(("READY=1\nSTATUS=%s\n" % status).encode())
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.sendto(state.encode(), self.address(self.socket_path))
+            return True
         except OSError as exc:
-            log.warning("Failed to notify systemd", error=str(exc))
-    ready_file = os.environ.get("RKE2_STANDIN_READY_FILE")
-    if ready_file:
-        write_file(ready_file, "READY=1\nSTATUS=%s\nMAINPID=%d\n" % (status, os.getpid()), mode=0o644)
+            log.warning("Failed to notify systemd", error=str(exc), socket=self.socket_path)
+            return False
+
+    def notify_ready(self, status):
+        self.ready = True
+        self.send("READY=1\nSTATUS=%s\n" % status)
+        if self.ready_file:
+            write_file(self.ready_file, "READY=1\nSTATUS=%s\nMAINPID=%d\n" % (status, os.getpid()), mode=0o644)
+
+    def status(self, text):
+        self.send("STATUS=%s\n" % text)
+
+    def stopping(self):
+        self.send("STOPPING=1\n")
+        self.clear()
+
+    def clear(self):
+        if self.ready_file:
+            try:
+                os.unlink(self.ready_file)
+            except FileNotFoundError:
+                pass
+
+
+NOTIFIER = None
+
+
+def notifier():
+    """The process's notifier (created by the command line before anything else runs)."""
+    global NOTIFIER
+    if NOTIFIER is None:
+        NOTIFIER = Notifier()
+    return NOTIFIER
+
+
+def notify_ready(status):
+    notifier().notify_ready(status)
 
 
 def clear_ready():
-    ready_file = os.environ.get("RKE2_STANDIN_READY_FILE")
-    if ready_file:
-        try:
-            os.unlink(ready_file)
-        except FileNotFoundError:
-            pass
+    notifier().clear()
 
 
 # --- identity -------------------------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """``rke2 server``: managed etcd, supervisor (:9345), API server (:6443) and the node's own kubelet."""
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -13,6 +14,7 @@ from . import apiserver, config, etcd, httputil, log, node, pki, supervisor, yam
 
 KUBECTL = "/usr/bin/kubectl"
 DEFAULT_KUBECONFIG = "/etc/rancher/rke2/rke2.yaml"
+BOOTSTRAP_PREFIX = "/bootstrap/"
 CA_FILES = (
     "server-ca.crt",
     "server-ca.key",
@@ -30,7 +32,7 @@ class Server:
         self.cfg = cfg
         self.knobs = knobs
         self.build = build
-        self.paths = node.Paths()
+        self.paths = node.Paths(cfg.get("data-dir"))
         self.name = (cfg.get("node-name") or socket.gethostname()).strip().lower()
         ips = cfg.get("node-ip") or []
         self.ip = ips[0] if ips else node.detect_node_ip()
@@ -188,6 +190,7 @@ class Server:
                 "cni": self.cfg.get("cni"),
             },
         )
+        self.reconcile_bootstrap_key(client, secret)
         api = apiserver.API(client, {}, self.knobs["RKE2_STANDIN_NODE_MONITOR_GRACE"])
         api.bootstrap_addons(self.cfg.get("cni") or [])
         log.info("etcd cluster bootstrapped", member=member)
@@ -318,6 +321,26 @@ class Server:
                 log.warning("etcd cluster unreachable while promoting learner", error=str(exc))
             self.sleep(0.5)
         self.wait_etcd(self.etcd_client(), "local etcd member")
+
+    def reconcile_bootstrap_key(self, client, secret):
+        """rke2 keeps the cluster's bootstrap data in etcd under a key derived from the token's password (and
+        encrypted with it): a server started over existing data with another token cannot read it and exits."""
+        own = BOOTSTRAP_PREFIX + hashlib.sha256(secret.encode()).hexdigest()[:12]
+        while True:
+            try:
+                keys = [key for key, _, _ in client.list_prefix(BOOTSTRAP_PREFIX)[0]]
+                if not keys:
+                    client.put(own, {"serverCAHash": node.ca_hash(pki.read(self.tls("server-ca.crt")))})
+                    return
+                break
+            except (etcd.EtcdError, etcd.EtcdUnavailable) as exc:
+                log.info("Waiting for etcd to read bootstrap data", error=str(exc))
+                self.sleep(1)
+        if own not in keys:
+            log.fatal(
+                "preparing server: failed to bootstrap cluster data: failed to reconcile with local datastore: "
+                "bootstrap data already found and encrypted with different token"
+            )
 
     # --- serving --------------------------------------------------------------------------------------
     def issue_serving_certs(self):
@@ -468,6 +491,7 @@ class Server:
             self.paths.agent,
         ):
             node.makedirs(directory, 0o700 if directory != self.paths.logs("server") else 0o755)
+        self.images = node.image_archives(self.paths)
         existing = os.path.isdir(os.path.join(self.paths.etcd_data, "member"))
         if existing:
             if self.cfg.get("server"):
@@ -481,6 +505,7 @@ class Server:
             self.wait_etcd(self.etcd_client())
             token = node.Token(self.cfg.get("token"), "server")
             secret = token.password if token.raw else node.Token(_read(self.paths.token), "server").password
+            self.reconcile_bootstrap_key(self.etcd_client(), secret)
         elif not self.cfg.get("server"):
             secret = self.bootstrap()
         else:
@@ -558,7 +583,7 @@ class Server:
                 server.server_close()
             except OSError:
                 pass
-        node.clear_ready()
+        node.notifier().stopping()
         raise SystemExit(0)
 
 
