@@ -39,3 +39,10 @@ class JobConflict(ApplicationError):
             extra = {"job_id": job.pk, "job_kind": job.kind, "job_status": job.status}
         super().__init__(message, extra=extra)
         self.job = job
+
+
+class QueueUnavailable(ApplicationError):
+    """The task queue (broker) cannot be reached: the request is not queued."""
+
+    code = "queue_unavailable"
+    http_status = 503

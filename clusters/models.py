@@ -378,6 +378,12 @@ class Job(models.Model):
     worker_hostname = models.CharField(max_length=255, blank=True)
     worker_pid = models.PositiveIntegerField(null=True, blank=True)
     ansible_pid = models.PositiveIntegerField(null=True, blank=True)
+    worker_process = models.CharField(
+        max_length=160, blank=True, help_text="The worker process: host (boot and pid namespace), pid, start time."
+    )
+    dispatched_at = models.DateTimeField(
+        null=True, blank=True, help_text="When the job's message was handed to the task queue."
+    )
     timeout_seconds = models.PositiveIntegerField(default=0, help_text="0: the configured default.")
     idle_timeout_seconds = models.PositiveIntegerField(default=0, help_text="0: the configured default.")
     rc = models.IntegerField(null=True, blank=True)

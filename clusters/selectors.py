@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from typing import TypedDict
 
 from django.db.models import BooleanField, Count, ExpressionWrapper, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.utils import timezone
 
 from .choices import ACTIVE_JOB_STATUSES, LIVE_NODE_STATUSES, SERVER_ROLES
 from .models import Cluster, Job, JobEvent, JobHostSummary, Node, SSHCredential
@@ -30,6 +31,8 @@ __all__ = [
 
 EVENTS_PAGE_DEFAULT_LIMIT = 500
 EVENTS_PAGE_MAX_LIMIT = 2000
+# After a job ended, events stop arriving within this many seconds whatever happened to its worker.
+EVENTS_SETTLE_SECONDS = 180
 EVENT_FIELDS = ("counter", "event", "stage", "host_name", "task", "stdout", "failed", "changed", "created")
 
 # CSI sequences (colours, cursor movement), OSC sequences (titles, hyperlinks) and lone two-byte escapes.
@@ -156,12 +159,15 @@ def job_events_page(*, job_id: int, after: int = 0, limit: int = EVENTS_PAGE_DEF
     """The events of job ``job_id`` with a counter above ``after``, at most ``limit`` of them in counter order, and
     the job's progress, in four queries. The result holds only JSON types, so any JSON encoder renders it the same.
 
-    ``finished`` is true once the job is no longer active and every event it emitted is stored: a client polling
-    with ``after=next_after`` can stop then. Raises ``Job.DoesNotExist`` for an unknown job.
+    ``finished`` is true once the job is no longer active and every event it emitted is stored or known lost (the
+    worker counts the events it could not store, and leaves a placeholder row for each), or once the job ended
+    more than ``EVENTS_SETTLE_SECONDS`` ago (the worker stores its events before it ends the job, so nothing more
+    is coming): a client polling with ``after=next_after`` can stop then. Raises ``Job.DoesNotExist`` for an
+    unknown job.
     """
     limit = max(1, min(int(limit), EVENTS_PAGE_MAX_LIMIT))
     job = Job.objects.only(
-        "id", "status", "stage", "stages", "stages_completed", "explanation", "emitted_events"
+        "id", "status", "stage", "stages", "stages_completed", "explanation", "emitted_events", "finished_at", "result"
     ).get(pk=job_id)
     rows = list(
         JobEvent.objects.filter(job_id=job.pk, counter__gt=after).order_by("counter").values(*EVENT_FIELDS)[:limit]
@@ -174,7 +180,12 @@ def job_events_page(*, job_id: int, after: int = 0, limit: int = EVENTS_PAGE_DEF
     if not job.is_active:
         # Counting is only needed once the job is over; the worker stores its events before finishing the job,
         # but a lagging write (or a lost worker) can leave fewer rows than were emitted.
-        finished = JobEvent.objects.filter(job_id=job.pk).count() >= job.emitted_events
+        dropped = (job.result or {}).get("dropped_events") if isinstance(job.result, dict) else 0
+        dropped = dropped if isinstance(dropped, int) and dropped > 0 else 0
+        settled = job.finished_at is not None and job.finished_at < timezone.now() - dt.timedelta(
+            seconds=EVENTS_SETTLE_SECONDS
+        )
+        finished = settled or JobEvent.objects.filter(job_id=job.pk).count() + dropped >= job.emitted_events
     return EventsPage(
         results=results,
         next_after=results[-1]["counter"] if results else after,

@@ -16,10 +16,12 @@ def run_job(job_id: int) -> None:
 
 @shared_task(name="clusters.reap_lost_jobs", ignore_result=True, soft_time_limit=120, time_limit=180)
 def reap_lost_jobs() -> None:
-    """Fail the running jobs whose worker is gone (every minute, from the beat schedule)."""
-    from .engine.reaper import jobs_reap_lost, private_dirs_cleanup
+    """Fail the running jobs whose worker is gone and the pending jobs whose message was lost; remove the files
+    of dead workers of this host (every minute, from the beat schedule)."""
+    from .engine.reaper import jobs_fail_undelivered, jobs_reap_lost, private_dirs_cleanup
 
     jobs_reap_lost()
+    jobs_fail_undelivered()
     private_dirs_cleanup()
 
 

@@ -190,6 +190,8 @@ JOB_IDLE_TIMEOUT_SECONDS = env.int("JOB_IDLE_TIMEOUT_SECONDS", default=30 * 60)
 # A running job bumps its heartbeat this often; without one for JOB_LOST_AFTER_SECONDS its worker is lost.
 JOB_HEARTBEAT_SECONDS = env.int("JOB_HEARTBEAT_SECONDS", default=10)
 JOB_LOST_AFTER_SECONDS = env.int("JOB_LOST_AFTER_SECONDS", default=90)
+# A pending job whose task message is neither queued nor held by a worker this long after the request is failed.
+JOB_DISPATCH_GRACE_SECONDS = env.int("JOB_DISPATCH_GRACE_SECONDS", default=300)
 # How often a running job looks for a cancel request, and how long ansible-runner waits per output poll.
 JOB_CANCEL_POLL_SECONDS = env.float("JOB_CANCEL_POLL_SECONDS", default=1.0)
 JOB_PEXPECT_TIMEOUT_SECONDS = env.float("JOB_PEXPECT_TIMEOUT_SECONDS", default=1.0)

@@ -6,8 +6,13 @@ queued events into :class:`~clusters.models.JobEvent` rows (secrets masked, NULs
 ``bulk_create(ignore_conflicts=True)`` in batches: a batch is written when it is full, or when the flush interval
 has passed since the previous write (so the first event after a quiet spell is written at once, and a busy
 playbook's events at most one flush interval late). ``(job, counter)`` is unique, so inserting a batch again never
-duplicates a row; when a batch insert fails, its rows are inserted one by one so that one bad event does not lose
-the others.
+duplicates a row. When the database cannot be reached (it restarts, say), the batch is retried on a fresh
+connection for up to ``outage_seconds``; when it refuses a batch, its rows are inserted one by one so that one bad
+event does not lose the others.
+
+An event that cannot be stored at all (the queue stayed full, or the database refused the row) leaves a
+placeholder row under its counter, saying so: the counters of a job stay contiguous, and a client that waits until
+every emitted event is stored is not kept waiting forever.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from django.db import connection
+from django.db import InterfaceError, OperationalError, connection
 
 from ..models import JobEvent
 from .redaction import Redactor
@@ -132,12 +137,16 @@ class EventWriter:
         flush_seconds: float = 0.5,
         queue_size: int = 10000,
         put_timeout: float = 10.0,
+        outage_seconds: float = 300.0,
     ) -> None:
         self.job_id = job_id
         self.redactor = redactor
         self.batch_size = max(1, batch_size)
         self.flush_seconds = max(0.01, flush_seconds)
         self.put_timeout = put_timeout
+        self.outage_seconds = outage_seconds
+        # (counter, stage) of events dropped before the writer got them; placeholders are written for them.
+        self._gaps: list[tuple[int, str]] = []
         self.emitted = 0
         self.dropped = 0
         self.stored = 0
@@ -161,8 +170,10 @@ class EventWriter:
                 self._queue.put(item, timeout=self.put_timeout)
             except queue.Full:
                 self.dropped += 1
+                self._gaps.append((item.counter, item.stage))
         except Exception:  # noqa: BLE001 - the event handler must never raise into ansible-runner
             self.dropped += 1
+            self._gaps.append((getattr(item, "counter", 0), getattr(item, "stage", "")))
 
     def sync(self, timeout: float = 30.0) -> bool:
         """Wait until every event queued so far is written. Returns False on timeout."""
@@ -208,6 +219,7 @@ class EventWriter:
                     except Exception:  # noqa: BLE001 - one malformed event must not stop the writer
                         logger.exception("job %s: could not read event %s", self.job_id, getattr(item, "counter", "?"))
                         self.dropped += 1
+                        self._gaps.append((getattr(item, "counter", 0), getattr(item, "stage", "")))
                     if len(batch) == 1:
                         # At most one write per flush interval: the first event after a quiet spell goes at
                         # once (a live view sees it without delay), the ones that follow are batched.
@@ -220,39 +232,81 @@ class EventWriter:
             connection.close()
 
     def _write(self, batch: list[JobEvent]) -> None:
+        self._write_batch(batch)
+        gaps = []
+        while self._gaps:
+            gaps.append(self._gaps.pop(0))  # pop is atomic: put() may append meanwhile
+        if gaps:
+            self._write_batch([_placeholder(self.job_id, counter, stage) for counter, stage in gaps], placeholders=True)
+
+    def _write_batch(self, batch: list[JobEvent], *, placeholders: bool = False) -> None:
         if not batch:
             return
-        try:
-            JobEvent.objects.bulk_create(batch, ignore_conflicts=True)
-            self.stored += len(batch)
-            return
-        except Exception:  # noqa: BLE001 - fall back to row by row below
-            logger.warning(
-                "job %s: inserting %d events failed; retrying one by one", self.job_id, len(batch), exc_info=True
-            )
+        deadline = time.monotonic() + self.outage_seconds
+        delay = 0.2
+        while True:
+            try:
+                JobEvent.objects.bulk_create(batch, ignore_conflicts=True)
+                if not placeholders:
+                    self.stored += len(batch)
+                return
+            except (OperationalError, InterfaceError):
+                # The database cannot be reached: wait for it (the queue holds what arrives meanwhile).
+                _reset_connection(force=True)
+                if time.monotonic() >= deadline:
+                    logger.warning("job %s: the database stayed unreachable; storing events one by one", self.job_id)
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            except Exception:  # noqa: BLE001 - fall back to row by row below
+                logger.warning(
+                    "job %s: inserting %d events failed; retrying one by one", self.job_id, len(batch), exc_info=True
+                )
+                break
         for row in batch:
-            self._write_one(row)
+            if not self._write_one(row) and not placeholders:
+                self._write_one(_placeholder(self.job_id, row.counter, row.stage))
 
-    def _write_one(self, row: JobEvent) -> None:
+    def _write_one(self, row: JobEvent) -> bool:
+        placeholder = row.event == _PLACEHOLDER_EVENT
         for attempt in range(_INSERT_ATTEMPTS):
             try:
                 JobEvent.objects.bulk_create([row], ignore_conflicts=True)
-                self.stored += 1
-                return
+                if not placeholder:
+                    self.stored += 1
+                return True
             except Exception:  # noqa: BLE001
                 _reset_connection()
                 if attempt == 0:
                     # Whatever the database refused in the event's data, its text may still go in.
                     row.event_data = {"event_data_dropped": True}
                 time.sleep(0.2 * (attempt + 1))
-        self.dropped += 1
+        if not placeholder:
+            self.dropped += 1
         logger.error("job %s: event %s could not be stored", self.job_id, row.counter)
+        return False
 
 
-def _reset_connection() -> None:
-    """Drop the writer's connection if it broke, so that the next attempt reconnects."""
+_PLACEHOLDER_EVENT = "portal_event_lost"
+
+
+def _placeholder(job_id: int, counter: int, stage: str) -> JobEvent:
+    """The row that stands for an event that could not be stored."""
+    return JobEvent(
+        job_id=job_id,
+        counter=counter,
+        stage=stage[:40],
+        event=_PLACEHOLDER_EVENT,
+        stdout=f"[event {counter} could not be stored]",
+        end_line=1,
+        event_data={"event_data_dropped": True},
+    )
+
+
+def _reset_connection(*, force: bool = False) -> None:
+    """Drop the writer's connection if it broke (always, with ``force``), so that the next attempt reconnects."""
     try:
-        if connection.connection is not None and not connection.is_usable():
+        if force or (connection.connection is not None and not connection.is_usable()):
             connection.close()
     except Exception:  # noqa: BLE001
         connection.close()

@@ -46,6 +46,7 @@ from inventory.serialization import serialize_extravars, serialize_inventory
 from ..choices import JobStatus
 from ..models import Job
 from .events import FAILURE_EVENTS, EventWriter, QueuedEvent
+from .process import process_start_token
 from .redaction import Redactor
 
 __all__ = [
@@ -175,6 +176,7 @@ class JobControl:
             self.tick()
         except Exception:  # noqa: BLE001
             logger.warning("job %s: checking for a cancel request failed", self.job_id, exc_info=True)
+            _drop_broken_connection()
         return self.should_stop
 
     @property
@@ -536,7 +538,9 @@ def _safe_env(env: Mapping[str, str]) -> dict[str, str]:
 def make_private_dir(work_dir: Path, job_id: int) -> Path:
     """A fresh private data directory (0700) for one run of ``job_id``."""
     work_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return Path(tempfile.mkdtemp(prefix=f"job{job_id}.{os.getpid()}.", dir=work_dir))
+    # job<id>.<pid>.<process start>.<random>: the start time tells this process from a later one with its pid.
+    pid = os.getpid()
+    return Path(tempfile.mkdtemp(prefix=f"job{job_id}.{pid}.{process_start_token(pid) or 0}.", dir=work_dir))
 
 
 def write_private_file(path: Path, text: str) -> None:
@@ -592,6 +596,17 @@ def _drain_fifo(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
+
+
+def _drop_broken_connection() -> None:
+    """Close this thread's database connection if it broke (the server restarted), so the next query reconnects."""
+    from django.db import connection
+
+    try:
+        if connection.connection is not None and not connection.is_usable():
+            connection.close()
+    except Exception:  # noqa: BLE001
+        connection.close()
 
 
 def kill_process_group(pid: int) -> bool:

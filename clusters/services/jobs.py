@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from functools import partial
@@ -23,12 +24,14 @@ from ..choices import (
     JobStatus,
     NodeStatus,
 )
-from ..exceptions import InvalidState, JobConflict
+from ..exceptions import InvalidState, JobConflict, QueueUnavailable
 from ..models import Cluster, Job
 from .audit import audit_record
 from .clusters import cluster_install_problems
 
-__all__ = ["job_request", "job_cancel", "plan_stages", "JOB_QUEUE"]
+__all__ = ["job_request", "job_cancel", "job_dispatch", "plan_stages", "JOB_QUEUE"]
+
+logger = logging.getLogger(__name__)
 
 # Playbook jobs run on their own queue, one at a time per worker process.
 JOB_QUEUE = "playbooks"
@@ -45,7 +48,7 @@ def _require_bootstrapped(cluster: Cluster, kind: str) -> None:
 
 
 def _last_failed_install_stage(cluster: Cluster) -> str | None:
-    last = cluster.jobs.filter(kind=JobKind.INSTALL).exclude(status__in=ACTIVE_JOB_STATUSES).first()
+    last = _last_install(cluster)
     if last and last.status in (JobStatus.FAILED, JobStatus.CANCELED) and last.stage in INSTALL_STAGES:
         return last.stage
     return None
@@ -150,17 +153,49 @@ def plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[str
     raise ValidationError({"kind": [f"Unknown job kind {kind!r}."]})
 
 
-def _enqueue(job: Job) -> None:
+def _last_install(cluster: Cluster) -> Job | None:
+    """The cluster's last install job that ran (jobs that never started changed nothing on the cluster)."""
+    return (
+        cluster.jobs.filter(kind=JobKind.INSTALL, started_at__isnull=False)
+        .exclude(status__in=ACTIVE_JOB_STATUSES)
+        .first()
+    )
+
+
+# Publishing a task message: a few quick tries, so that a request never hangs on a broker that is down.
+_PUBLISH_RETRY_POLICY = {"max_retries": 2, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1.0}
+
+
+def job_dispatch(job: Job) -> str:
+    """Hand a pending job's task message to the broker and record when (``dispatched_at``). When the broker
+    cannot take it, the job is failed at once with an explanation (it never runs, and its cluster is free again)
+    and the explanation is returned; an empty string means the message was sent."""
     from ..tasks import run_job as run_job_task
 
-    run_job_task.apply_async(args=[job.pk], task_id=job.celery_task_id, queue=JOB_QUEUE)
+    try:
+        run_job_task.apply_async(
+            args=[job.pk], task_id=job.celery_task_id, queue=JOB_QUEUE, retry_policy=_PUBLISH_RETRY_POLICY
+        )
+    except Exception as exc:  # noqa: BLE001 - any publishing failure means the job will not run
+        reason = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        explanation = f"Not queued: the task queue (broker) cannot be reached ({reason}). Request the job again."
+        logger.warning("job %s: %s", job.pk, explanation)
+        Job.objects.filter(pk=job.pk, status=JobStatus.PENDING).update(
+            status=JobStatus.FAILED, finished_at=timezone.now(), explanation=explanation
+        )
+        return explanation
+    Job.objects.filter(pk=job.pk, dispatched_at__isnull=True).update(dispatched_at=timezone.now())
+    return ""
 
 
 def job_request(*, cluster: Cluster, kind: str, params: dict[str, Any] | None = None, actor: Any = None) -> Job:
     """Create a pending job after checking the cluster's state, and enqueue it once the transaction commits.
 
     Raises :class:`JobConflict` when the cluster already has an active job (one per cluster, enforced by the
-    database), :class:`InvalidState` or :class:`ValidationError` when the request does not fit the cluster.
+    database), :class:`InvalidState` or :class:`ValidationError` when the request does not fit the cluster, and
+    :class:`QueueUnavailable` when the broker cannot take the message: the job is then failed at once with an
+    explanation, so that nothing stays pending and the cluster is free. Called inside a transaction, the message
+    goes when it commits, and a broker that is down fails the job the same way (without raising).
     """
     if kind not in JobKind.values:
         raise ValidationError({"kind": [f"Unknown job kind {kind!r}."]})
@@ -171,7 +206,7 @@ def job_request(*, cluster: Cluster, kind: str, params: dict[str, Any] | None = 
     stages = plan_stages(cluster, kind, params)
     resume_of = None
     if kind == JobKind.INSTALL and params.get("resume"):
-        resume_of = cluster.jobs.filter(kind=JobKind.INSTALL).exclude(status__in=ACTIVE_JOB_STATUSES).first()
+        resume_of = _last_install(cluster)
     params.pop("confirm", None)
     try:
         with transaction.atomic():
@@ -182,7 +217,17 @@ def job_request(*, cluster: Cluster, kind: str, params: dict[str, Any] | None = 
             audit_record(action=f"job.request.{kind}", actor=actor, cluster=cluster, detail={"job_id": job.pk})
     except IntegrityError:
         raise JobConflict(cluster.jobs.filter(status__in=ACTIVE_JOB_STATUSES).first()) from None
-    transaction.on_commit(partial(_enqueue, job))
+    if transaction.get_connection().in_atomic_block:
+        # The caller's transaction commits later: the message goes then; a broker that is down fails the job.
+        transaction.on_commit(partial(job_dispatch, job), robust=True)
+        return job
+    problem = job_dispatch(job)
+    if problem:
+        raise QueueUnavailable(
+            f"The job could not be queued: the task queue (broker) cannot be reached. Nothing was started and "
+            f"the cluster is free; try again when the broker is back. Job #{job.pk} records the attempt.",
+            extra={"job_id": job.pk},
+        )
     return job
 
 

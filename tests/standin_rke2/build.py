@@ -9,6 +9,8 @@ writes, like an rke2 release's airgap artifacts::
                                        bin/rke2-uninstall.sh, lib/systemd/system/rke2-{server,agent}.{service,env},
                                        share/rke2/init.d/rke2-{server,agent}, share/rke2/standin.env, ...
     rke2-images.linux-amd64.tar.zst    a valid zstd archive of an empty tar (no images are needed)
+    rke2-images-{core,canal,calico,cilium,flannel}.linux-amd64.tar.zst   the same, one per part (the stand-in's
+                                       nodes check that the archive of their CNI is in the agent images folder)
     sha256sum-amd64.txt
 """
 
@@ -45,6 +47,9 @@ DEFAULT_KNOBS = {
     "node_monitor_grace": 40.0,
     "join_retry_interval": 5.0,
 }
+
+# rke2-images-<part>.linux-<arch>.tar.zst archives of a release besides rke2-images (core + Canal).
+IMAGE_ARCHIVE_PARTS = ("core", "canal", "calico", "cilium", "flannel")
 
 CIS_SYSCTL = "vm.panic_on_oom=0\nvm.overcommit_memory=1\nkernel.panic=10\nkernel.panic_on_oops=1\n"
 NOTICE = (
@@ -181,6 +186,9 @@ def build_bundle(dest_dir, version, arch="amd64", **knobs):
         "rke2.linux-%s.tar.gz" % arch: _tarball(version, arch, values),
         "rke2-images.linux-%s.tar.zst" % arch: _empty_images_zst(),
     }
+    # Like a release: the core images and each CNI's images on their own (rke2-images holds core + Canal).
+    for part in IMAGE_ARCHIVE_PARTS:
+        artifacts["rke2-images-%s.linux-%s.tar.zst" % (part, arch)] = _empty_images_zst()
     for name, data in artifacts.items():
         (dest / name).write_bytes(data)
     sums = "".join("%s  %s\n" % (hashlib.sha256(data).hexdigest(), name) for name, data in sorted(artifacts.items()))

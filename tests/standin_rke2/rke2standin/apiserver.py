@@ -13,7 +13,7 @@ import string
 import time
 import urllib.parse
 
-from . import etcd, httputil, k8s, log
+from . import cni, etcd, httputil, k8s, log
 from . import node as node_mod
 
 NODE_PREFIX = "/registry/minions/"
@@ -59,7 +59,9 @@ DISCOVERY = {
         _resource("pods/status", "", "Pod", True, ["get", "patch", "update"]),
     ],
     "apps/v1": [
-        _resource("daemonsets", "daemonset", "DaemonSet", True, ["get", "list", "watch"], ["ds"], categories=["all"]),
+        _resource(
+            "daemonsets", "daemonset", "DaemonSet", True, ["create", "get", "list", "watch"], ["ds"], categories=["all"]
+        ),
     ],
     "coordination.k8s.io/v1": [
         _resource("leases", "lease", "Lease", True, ALL_VERBS),
@@ -209,12 +211,19 @@ class API:
                     "lastTransitionTime": k8s.now_rfc3339(registered),
                 }
             )
+        network = cni.node_network(node)
+        # The kubelet posts NotReady while no CNI runs on the node (cni: none, images missing).
+        network_down = ready and not network.get("running")
         conditions.append(
             {
                 "type": "Ready",
-                "status": "True" if ready else "Unknown",
-                "reason": "KubeletReady" if ready else "NodeStatusUnknown",
-                "message": "kubelet is posting ready status" if ready else "Kubelet stopped posting node status.",
+                "status": ("False" if network_down else "True") if ready else "Unknown",
+                "reason": ("KubeletNotReady" if network_down else "KubeletReady") if ready else "NodeStatusUnknown",
+                "message": (
+                    (cni.NOT_INITIALIZED if network_down else "kubelet is posting ready status")
+                    if ready
+                    else "Kubelet stopped posting node status."
+                ),
                 "lastHeartbeatTime": heartbeat,
                 "lastTransitionTime": k8s.now_rfc3339(
                     max(registered, renew - self.grace) if ready else (renew + self.grace if renew else registered)
@@ -223,6 +232,15 @@ class API:
         )
         status["conditions"] = conditions
         return node
+
+    def render_pods(self, pods):
+        """Pod status as the kubelets report it: pod-network pods depend on their node's CNI (cni.render_pod)."""
+        nodes, _ = self.list_objs(STORED[("", "nodes")])
+        leases = self.leases()
+        by_name = {n["metadata"]["name"]: self.render_node(n, leases) for n in nodes}
+        for pod in pods:
+            cni.render_pod(pod, by_name)
+        return pods
 
     @staticmethod
     def node_ready(node):
@@ -444,26 +462,13 @@ class API:
         )
         self.create_obj(STORED[("", "pods")], pod)
 
-    def bootstrap_addons(self, cni):
+    def bootstrap_addons(self, cni_names):
         """Objects the first server's packaged components would create (DaemonSet, two Deployments' pods)."""
         ds_desc = STORED[("apps", "daemonsets")]
-        cni_ds = {
-            "canal": ("rke2-canal", ["calico-node", "kube-flannel"]),
-            "calico": ("calico-node", ["calico-node"]),
-            "cilium": ("cilium", ["cilium-agent"]),
-            "flannel": ("kube-flannel-ds", ["kube-flannel"]),
-        }
-        for name in cni:
-            if name not in cni_ds:
+        for name in cni_names:
+            if name not in cni.SPECS:
                 continue
-            ds_name, containers = cni_ds[name]
-            ds = {
-                "metadata": {"name": ds_name, "namespace": "kube-system", "labels": {"k8s-app": ds_name}},
-                "spec": {
-                    "selector": {"matchLabels": {"k8s-app": ds_name}},
-                    "template": {"spec": {"containers": [{"name": c} for c in containers]}},
-                },
-            }
+            ds = cni.daemonset_object(cni.SPECS[name])
             try:
                 self.create_obj(ds_desc, ds)
             except k8s.APIError:
@@ -752,6 +757,11 @@ class Handler(httputil.JSONHandler):
                 created = api.create_obj(desc, obj, dry_run=dry_run)
                 if resource == "leases" and not dry_run:
                     api.schedule_pending()
+                if resource == "daemonsets" and not dry_run:
+                    # An operator installing a CNI (cni: none): the DaemonSet controller puts a pod on every node.
+                    nodes, _ = api.list_objs(STORED[("", "nodes")])
+                    for node in nodes:
+                        api.ensure_ds_pod(created, node)
             return self.send_json(201, created)
         if method == "POST" and resource == "pods" and sub == "eviction":
             return self.evict(namespace, name, dry_run)
@@ -787,6 +797,8 @@ class Handler(httputil.JSONHandler):
         obj, _ = self.api.get_obj(desc, namespace, name, resource)
         if resource == "nodes":
             self.api.render_node(obj, self.api.leases())
+        elif resource == "pods":
+            self.api.render_pods([obj])
         return obj
 
     def rendered_list(self, desc, resource, namespace):
@@ -795,6 +807,8 @@ class Handler(httputil.JSONHandler):
             leases = self.api.leases()
             for node in items:
                 self.api.render_node(node, leases)
+        elif resource == "pods":
+            self.api.render_pods(items)
         label_match = k8s.parse_label_selector(self.query.get("labelSelector"))
         field_match = k8s.parse_field_selector(self.query.get("fieldSelector"))
         items = [obj for obj in items if label_match(obj.get("metadata", {}).get("labels")) and field_match(obj)]

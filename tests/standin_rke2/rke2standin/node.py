@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 
-from . import httputil, k8s, log
+from . import cni, httputil, k8s, log
 
 DATA_DIR = "/var/lib/rancher/rke2"
 NODE_PASSWORD_FILE = "/etc/rancher/node/password"
@@ -398,15 +398,22 @@ class NodeInfo:
 class Kubelet:
     """Registers the Node and renews its lease, failing over between API servers like rke2's client LB."""
 
-    def __init__(self, info, endpoints, ctx, lb_file=None):
+    def __init__(self, info, endpoints, ctx, lb_file=None, images_dir=None):
         self.info = info
         self.endpoints = list(dict.fromkeys(endpoints))
         self.ctx = ctx
         self.lb_file = lb_file
         self.registered = False
         self._last_refresh = 0.0
+        self._lock = threading.RLock()
+        # The node's CNI: checked before the Node is registered, then probed in the background.
+        self.network = cni.Network(self, images_dir or os.path.join(DATA_DIR, "agent", "images"))
 
     def call(self, method, path, body=None, content_type=None, ok=(200, 201)):
+        with self._lock:
+            return self._call(method, path, body, content_type, ok)
+
+    def _call(self, method, path, body, content_type, ok):
         last = None
         for endpoint in list(self.endpoints):
             headers = {"Content-Type": content_type} if content_type else None
@@ -430,12 +437,16 @@ class Kubelet:
 
     def register(self):
         name = self.info.name
+        self.network.check()
+        network = {cni.ANNOTATION: self.network.annotation()}
         status, existing = self.call("GET", "/api/v1/nodes/" + name)
         if status == 404:
-            self.call("POST", "/api/v1/nodes", self.info.node_object())
+            obj = self.info.node_object()
+            obj["metadata"]["annotations"].update(network)
+            self.call("POST", "/api/v1/nodes", obj)
             log.info("Successfully registered node", node=name)
         else:
-            patch = {"metadata": {"annotations": self.info.annotations}, "status": self.info.status()}
+            patch = {"metadata": {"annotations": dict(self.info.annotations, **network)}, "status": self.info.status()}
             if self.info.role == "server":
                 patch["metadata"]["labels"] = {
                     k: v for k, v in self.info.base_labels().items() if k.startswith("node-role.kubernetes.io/")
@@ -443,7 +454,9 @@ class Kubelet:
             self.call("PATCH", "/api/v1/nodes/" + name, patch, content_type="application/merge-patch+json")
             log.info("Updated node status", node=name, kubeletVersion=self.info.version)
         self.renew_lease()
+        self.network.posted = network[cni.ANNOTATION]
         self.registered = True
+        self.network.start()
 
     def renew_lease(self):
         name = self.info.name
