@@ -12,6 +12,7 @@ from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 from django.db.models import Q
+from knox.models import AbstractAuthToken
 
 from . import validators
 from .choices import (
@@ -498,3 +499,63 @@ class AuditLog(models.Model):
     def __str__(self) -> str:
         when = f"{self.created_at:%Y-%m-%d %H:%M:%S} " if self.created_at else ""
         return f"{when}{self.action} {self.object_repr}".strip()
+
+
+class HostKey(models.Model):
+    """The SSH host keys a host presented the first time a job reached it (trust on first use).
+
+    One row per address and port, the way ``known_hosts`` identifies a host. Every later job checks that the host
+    still presents one of these keys before Ansible connects; a changed key fails the job until an operator
+    clears the row (then the next job accepts whatever key the host presents).
+    """
+
+    address = models.CharField(max_length=253)
+    port = models.PositiveIntegerField(default=22, validators=[MinValueValidator(1), MaxValueValidator(65535)])
+    public_keys = models.TextField(help_text="One key a line: type and base64 data, as in known_hosts.")
+    hostname = models.CharField(max_length=253, blank=True, help_text="The node's name when its key was accepted.")
+    cluster = models.ForeignKey(
+        Cluster, on_delete=models.SET_NULL, null=True, blank=True, related_name="host_keys",
+        help_text="The cluster of the job that first reached the host.",
+    )
+    accepted_by_job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["address", "port"]
+        verbose_name = "SSH host key"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["address", "port"], name="%(app_label)s_%(class)s_unique_host",
+                violation_error_message="Host keys for this address and port are already stored.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.address}:{self.port}" + (f" ({self.hostname})" if self.hostname else "")
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        """(key type, base64 data) of each stored key."""
+        return [tuple(line.split()[:2]) for line in self.public_keys.splitlines() if len(line.split()) >= 2]  # type: ignore[misc]
+
+
+class APIToken(AbstractAuthToken):
+    """A personal API token (django-rest-knox): only a SHA-512 hash of it is stored; it has a name and an expiry.
+
+    The plaintext is shown once, when the token is created. Revoking a token deletes its row.
+    """
+
+    id = models.BigAutoField(primary_key=True)
+    digest = models.CharField(max_length=128, unique=True, editable=False)
+    name = models.CharField(max_length=100)
+    expiry = models.DateTimeField()
+
+    class Meta:
+        ordering = ["-created", "-pk"]
+        verbose_name = "API token"
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.token_key}…)"
+
+    def __repr__(self) -> str:
+        return f"<APIToken {self.pk}: {self.name}>"

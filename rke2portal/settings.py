@@ -5,6 +5,7 @@ exists and ``DJANGO_READ_DOT_ENV_FILE`` is not false; ``scripts/run`` creates on
 ``.env.example`` documents every variable.
 """
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -41,7 +42,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
+    "knox",
     "django_filters",
     "drf_spectacular",
     "drf_spectacular_sidecar",
@@ -214,7 +215,7 @@ RKE2_START_TIMEOUT_SECONDS = env.int("RKE2_START_TIMEOUT_SECONDS", default=600)
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "rest_framework.authentication.TokenAuthentication",
+        "knox.auth.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
@@ -224,6 +225,21 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
+
+# Personal API tokens (django-rest-knox): only a SHA-512 hash is stored, each token has a name and an expiry.
+# A user asks for a lifetime in days when creating one: API_TOKEN_DEFAULT_DAYS when unsaid, API_TOKEN_MAX_DAYS at most.
+API_TOKEN_DEFAULT_DAYS = env.int("API_TOKEN_DEFAULT_DAYS", default=30)
+API_TOKEN_MAX_DAYS = env.int("API_TOKEN_MAX_DAYS", default=365)
+KNOX_TOKEN_MODEL = "clusters.APIToken"
+REST_KNOX = {
+    "TOKEN_MODEL": KNOX_TOKEN_MODEL,
+    "TOKEN_TTL": timedelta(days=API_TOKEN_DEFAULT_DAYS),
+    "TOKEN_PREFIX": "rke2p_",
+    "AUTH_HEADER_PREFIX": "Token",
+    "AUTO_REFRESH": False,
+}
+# Seconds ssh-keyscan waits for a host when a job checks (or first learns) its host keys.
+SSH_KEYSCAN_TIMEOUT_SECONDS = env.int("SSH_KEYSCAN_TIMEOUT_SECONDS", default=5)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "RKE2 Portal API",

@@ -5,6 +5,8 @@ from __future__ import annotations
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from .hostkeys import HostKeyViewSet
+from .tokens import APITokenViewSet
 from .views import ClusterNodeViewSet, ClusterViewSet, CredentialViewSet, JobViewSet
 
 app_name = "clusters-api"
@@ -13,6 +15,8 @@ router = SimpleRouter()
 router.register("clusters", ClusterViewSet, basename="cluster")
 router.register("jobs", JobViewSet, basename="job")
 router.register("credentials", CredentialViewSet, basename="credential")
+router.register("host-keys", HostKeyViewSet, basename="host-key")
+router.register("tokens", APITokenViewSet, basename="api-token")
 
 urlpatterns = [
     path(

@@ -5,7 +5,8 @@ Each run gets a private data directory (``mkdtemp``, mode 0700) under ``settings
 - ``inventory/hosts.json``: the stage's inventory (no secrets);
 - ``env/extravars`` (0600): every extra variable, secrets included; ansible-playbook reads it with ``-e @file``,
   so nothing secret is on its command line;
-- ``known_hosts``: the credential's host keys, or the keys accepted so far by this job;
+- ``known_hosts``: the host keys SSH accepts (stored in the database, or pinned by the credential); they are
+  checked with ``ssh-keyscan`` before the playbook starts (:mod:`clusters.services.hostkeys`);
 - ``cp/`` (SSH control sockets), ``tmp/`` (Ansible's local temp files), ``artifacts/`` (ansible-runner's).
 
 The SSH private key goes through ansible-runner's ``ssh_key``: a FIFO read once by ``ssh-add`` into a per-run
@@ -45,6 +46,7 @@ from inventory.serialization import serialize_extravars, serialize_inventory
 
 from ..choices import JobStatus
 from ..models import Job
+from ..services.hostkeys import HostTarget, host_keys_check, known_hosts_text, targets_of
 from .events import FAILURE_EVENTS, EventWriter, QueuedEvent
 from .process import process_start_token
 from .redaction import Redactor
@@ -103,7 +105,7 @@ class SSHAccess:
 
     private_key: str = ""
     passphrase: str = ""
-    # known_hosts lines; when empty, new host keys are accepted into the job's own known_hosts file.
+    # known_hosts lines pinned by the credential; when empty, the keys stored per host (accepted on first contact).
     known_hosts: str = ""
 
 
@@ -249,8 +251,6 @@ class PlaybookRunner:
         self.project_dir = Path(project_dir or settings.ANSIBLE_DIR)
         self.work_dir = Path(work_dir or settings.JOBS_WORK_DIR)
         self.last_counter = 0
-        # Host keys accepted so far by this job (when the credential pins none), carried from run to run.
-        self._accepted_host_keys = ""
         control.writer = writer
 
     # Events that are not Ansible's: stage banners and engine messages, numbered in the same sequence.
@@ -311,10 +311,11 @@ class PlaybookRunner:
             extravars["rke2_kubeconfig_dest"] = str(kubeconfig_path)
         write_private_file(private_dir / "env" / "extravars", serialize_extravars(extravars))
         known_hosts_path = private_dir / "known_hosts"
-        strict = bool(self.ssh.known_hosts.strip())
-        write_private_file(
-            known_hosts_path, _with_newline(self.ssh.known_hosts if strict else self._accepted_host_keys)
-        )
+        targets = targets_of(spec.inventory)
+        refused = self._check_host_keys(spec.stage, targets, state)
+        if refused is not None:
+            return refused
+        write_private_file(known_hosts_path, known_hosts_text(targets, pinned=self.ssh.known_hosts))
 
         envvars = {
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(private_dir / "cp"),
@@ -325,7 +326,11 @@ class PlaybookRunner:
                     "-o",
                     shlex.quote(f"UserKnownHostsFile={known_hosts_path}"),
                     "-o",
-                    f"StrictHostKeyChecking={'yes' if strict else 'accept-new'}",
+                    "StrictHostKeyChecking=yes",
+                    "-o",
+                    "GlobalKnownHostsFile=/dev/null",
+                    "-o",
+                    "UpdateHostKeys=no",
                 ]
             ),
             "MAX_EVENT_RES": str(settings.JOB_EVENT_MAX_RESULT_CHARS),
@@ -372,7 +377,6 @@ class PlaybookRunner:
         )
         self.control.begin_run()
         status, rc = runner.run()
-        self._remember_host_keys(known_hosts_path, strict)
         outcome = RunOutcome(status=str(status), rc=rc)
         if status == "canceled":
             outcome.explanation = (
@@ -399,13 +403,34 @@ class PlaybookRunner:
                 outcome.explanation = f"{spec.playbook} did not write the kubeconfig."
         return outcome
 
-    def _remember_host_keys(self, path: Path, strict: bool) -> None:
-        if strict:
-            return
-        try:
-            self._accepted_host_keys = path.read_text(encoding="utf-8")
-        except OSError:
-            pass
+    def _check_host_keys(self, stage: str, targets: list[HostTarget], state: _RunState) -> RunOutcome | None:
+        """Learn the keys of hosts met for the first time; refuse the run (before Ansible starts, so nothing is sent)
+        when a host presents a key other than the one trusted."""
+        report = host_keys_check(targets, job_id=self.job_id, pinned=self.ssh.known_hosts)
+        for target, keys in report.accepted:
+            self.emit_message(
+                stage,
+                f"HOST KEY [{target.name}] accepted on first contact ({target.address}, port {target.port}): "
+                + ", ".join(map(str, keys)),
+                data={"host": target.name, "fingerprints": [str(key) for key in keys]},
+            )
+        for change in report.changed:
+            self.emit_message(
+                stage,
+                f"HOST KEY [{change.target.name}] {change.message}",
+                event="portal_host_key_changed",
+                data={
+                    "host": change.target.name,
+                    "trusted": [str(key) for key in change.trusted],
+                    "presented": [str(key) for key in change.presented],
+                },
+            )
+        # The messages above took counters: Ansible's events of this run are numbered after them.
+        state.offset = state.max_counter = self.last_counter
+        if not report.changed:
+            return None
+        state.host_errors.update({change.target.name: change.message for change in report.changed})
+        return RunOutcome(status="failed", explanation=" ".join(change.message for change in report.changed))
 
     def _stop_leftovers(self, private_dir: Path, *, kill_playbook: bool) -> None:
         """Stop what the run may have left running: the playbook's process group (if the run was interrupted by
@@ -436,6 +461,8 @@ class _RunState:
         self.stats: dict[str, dict[str, int]] = {}
         self.artifact_data: dict[str, Any] = {}
         self.host_errors: dict[str, str] = {}
+        # Task of each host's recorded failure (see _note_failure).
+        self.error_tasks: dict[str, str] = {}
         self.started = time.monotonic()
 
     def event_handler(self, writer: EventWriter) -> Callable[[dict[str, Any]], bool]:
@@ -463,6 +490,10 @@ class _RunState:
             value = data.get(key)
             if isinstance(value, dict):
                 self.stats[key] = {self.redactor.text(str(host)): int(count or 0) for host, count in value.items()}
+        # A host whose failure was rescued, and which then went on to the end, did not fail.
+        ended_badly = {host for key in ("failures", "dark") for host, count in self.stats.get(key, {}).items() if count}
+        for host in [host for host in self.host_errors if host not in ended_badly]:
+            del self.host_errors[host]
         artifact = data.get("artifact_data")
         if isinstance(artifact, dict):
             # Facts reported with set_stats are stored with the job: masked like the events.
@@ -473,8 +504,13 @@ class _RunState:
         if data.get("ignore_errors"):
             return
         host = self.redactor.text(str(data.get("host") or ""))
-        if not host or host in self.host_errors:
+        # A host stops at its first failure unless a rescue block takes over; a failure of another task after it (the
+        # rescue's own, which tells why) is the one that ended the host, and replaces it. Failed loop items and their
+        # task share the task: the first, most precise, message stays.
+        task_uuid = str(data.get("task_uuid") or "")
+        if not host or (host in self.host_errors and self.error_tasks.get(host) == task_uuid):
             return
+        self.error_tasks[host] = task_uuid
         res = data.get("res") if isinstance(data.get("res"), dict) else {}
         message = ""
         for key in ("msg", "stderr", "reason", "module_stderr", "stdout"):

@@ -16,7 +16,6 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.utils import timezone
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from clusters.choices import ClusterStatus, InstallationStage, JobKind, JobStatus, NodeStatus
@@ -24,6 +23,7 @@ from clusters.fields import reveal
 from clusters.models import Cluster, Job, JobEvent, JobHostSummary
 from clusters.services.clusters import cluster_create
 from clusters.services.credentials import credential_create
+from clusters.services.tokens import api_token_create
 
 KEY_PASSPHRASE = "correct horse battery staple"
 KUBECONFIG = """apiVersion: v1
@@ -80,8 +80,8 @@ def client_for() -> Callable[[Any], APIClient]:
     def make(user: Any) -> APIClient:
         client = APIClient()
         if user is not None:
-            token, _ = Token.objects.get_or_create(user=user)
-            client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+            _, plaintext = api_token_create(user=user, name="tests")
+            client.credentials(HTTP_AUTHORIZATION=f"Token {plaintext}")
         return client
 
     return make

@@ -11,6 +11,7 @@ from django.contrib.auth.models import Group
 from rest_framework.test import APIClient
 
 from clusters.choices import JobStatus
+from clusters.models import HostKey
 
 from .conftest import make_job
 
@@ -69,6 +70,9 @@ ENDPOINTS = [
     Endpoint("credential-create", "post", lambda o: "/api/credentials/", WRITE, {"name": "k2", "private_key": "x"}),
     Endpoint("credential-patch", "patch", lambda o: f"/api/credentials/{o['credential']}/", WRITE, {"known_hosts": ""}),
     Endpoint("credential-delete", "delete", lambda o: f"/api/credentials/{o['spare_credential']}/", WRITE),
+    Endpoint("host-key-list", "get", lambda o: "/api/host-keys/", READ),
+    Endpoint("host-key-detail", "get", lambda o: f"/api/host-keys/{o['host_key']}/", READ),
+    Endpoint("host-key-clear", "delete", lambda o: f"/api/host-keys/{o['host_key']}/", WRITE),
 ]
 
 # Which roles may call each kind of endpoint.
@@ -98,9 +102,13 @@ def objects(installed_cluster, make_cluster, private_key) -> dict[str, Any]:
     job = make_job(other, status=JobStatus.SUCCESSFUL)
     finished = make_job(installed_cluster, status=JobStatus.SUCCESSFUL)
     spare = credential_create(name="spare", private_key=private_key)
+    host_key = HostKey.objects.create(
+        address="10.0.0.1", port=22, hostname="node1", cluster=installed_cluster,
+        public_keys="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHN0YW5kLWluIGhvc3Qga2V5IGZvciB0ZXN0cyEhISE=\n",
+    )
     return {
         "cluster": installed_cluster.pk, "other_cluster": other.pk, "job": job.pk, "finished_job": finished.pk,
-        "credential": installed_cluster.ssh_credential_id, "spare_credential": spare.pk,
+        "credential": installed_cluster.ssh_credential_id, "spare_credential": spare.pk, "host_key": host_key.pk,
     }
 
 

@@ -1,7 +1,7 @@
 """Lists cost a constant number of queries, whatever their length (pinned for 1 and for 20 objects).
 
-Every request costs 3 queries before the view runs: the token (with its user) and the user's permissions (direct
-and through groups).
+Every request costs 4 queries before the view runs: the token (with its user), the user's other tokens (knox
+deletes the expired ones) and the user's permissions (direct and through groups).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from .conftest import add_events, make_job, mark_installed
 
 pytestmark = pytest.mark.django_db
 
-AUTH = 3  # token + user, user permissions, group permissions
+AUTH = 4  # token + user, the user's tokens, user permissions, group permissions
 
 
 @pytest.fixture
