@@ -1,11 +1,15 @@
 #!/bin/sh
 # Installer of the stand-in RKE2 bundle used by the integration tests (see tests/standin_rke2/README.md).
-# It follows the airgap/tarball path of the real rke2 install.sh:
+# It follows the tarball path of the real rke2 install.sh, from local artifacts or downloaded ones:
 #   INSTALL_RKE2_ARTIFACT_PATH=<dir> INSTALL_RKE2_VERSION=<v> INSTALL_RKE2_TYPE=server|agent \
 #   INSTALL_RKE2_METHOD=tar sh install.sh
-# It verifies the tarball's sha256 against sha256sum-<arch>.txt, stages the airgap image archive, unpacks the
-# tarball into INSTALL_RKE2_TAR_PREFIX (default /usr/local) and never starts a service.  On hosts where systemd
-# is not running it also installs SysV init scripts /etc/init.d/rke2-server and /etc/init.d/rke2-agent.
+#   INSTALL_RKE2_VERSION=<v> [INSTALL_RKE2_ARTIFACT_URL=<release mirror>] INSTALL_RKE2_TYPE=... sh install.sh
+# Without INSTALL_RKE2_ARTIFACT_PATH it downloads rke2.linux-<arch>.tar.gz and sha256sum-<arch>.txt of
+# INSTALL_RKE2_VERSION from INSTALL_RKE2_ARTIFACT_URL/<version, "+" as %2B>/ (default: GitHub releases) with curl
+# or wget. It refuses a tarball install over RKE2 RPM packages (`rpm -q rke2-common`), verifies the tarball's
+# sha256 against sha256sum-<arch>.txt, stages a local airgap image archive, unpacks the tarball into
+# INSTALL_RKE2_TAR_PREFIX (default /usr/local) and never starts a service.  On hosts where systemd is not
+# running it also installs SysV init scripts /etc/init.d/rke2-server and /etc/init.d/rke2-agent.
 set -e
 
 if [ "${DEBUG}" = 1 ]; then
@@ -31,19 +35,14 @@ setup_env() {
     if [ "$(id -u)" != "0" ]; then
         fatal "You need to be root to perform this install"
     fi
-    INSTALL_RKE2_TYPE="${INSTALL_RKE2_TYPE:-server}"
+    INSTALL_RKE2_ARTIFACT_URL="${INSTALL_RKE2_ARTIFACT_URL:-https://github.com/rancher/rke2/releases/download}"
+    INSTALL_RKE2_TYPE="${INSTALL_RKE2_TYPE:-${INSTALL_RKE2_EXEC:-server}}"
     case "${INSTALL_RKE2_TYPE}" in
         server|agent) ;;
         *) fatal "Invalid INSTALL_RKE2_TYPE: ${INSTALL_RKE2_TYPE} (expected server or agent)" ;;
     esac
     INSTALL_RKE2_METHOD="${INSTALL_RKE2_METHOD:-tar}"
-    if [ "${INSTALL_RKE2_METHOD}" != "tar" ]; then
-        fatal "Unsupported INSTALL_RKE2_METHOD: ${INSTALL_RKE2_METHOD} (only tar installs are possible from artifacts here)"
-    fi
-    if [ -z "${INSTALL_RKE2_ARTIFACT_PATH}" ]; then
-        fatal "INSTALL_RKE2_ARTIFACT_PATH is required: this installer does not download anything"
-    fi
-    if [ ! -d "${INSTALL_RKE2_ARTIFACT_PATH}" ]; then
+    if [ -n "${INSTALL_RKE2_ARTIFACT_PATH}" ] && [ ! -d "${INSTALL_RKE2_ARTIFACT_PATH}" ]; then
         fatal "INSTALL_RKE2_ARTIFACT_PATH ${INSTALL_RKE2_ARTIFACT_PATH} is not a directory"
     fi
     if [ -z "${INSTALL_RKE2_TAR_PREFIX}" ]; then
@@ -54,6 +53,29 @@ setup_env() {
         rm -f /usr/local/.rke2-rw-check
     fi
     INSTALL_RKE2_AGENT_IMAGES_DIR="${INSTALL_RKE2_AGENT_IMAGES_DIR:-/var/lib/rancher/rke2/agent/images}"
+}
+
+# A tarball install over RKE2 RPM packages is refused, with the real installer's words; RPM installs themselves
+# are not something the stand-in can do.
+check_method_conflict() {
+    case "${INSTALL_RKE2_METHOD}" in
+        rpm|yum|dnf)
+            fatal "Unsupported INSTALL_RKE2_METHOD: ${INSTALL_RKE2_METHOD} (the stand-in installs tarballs only)"
+            ;;
+        tar) ;;
+        *) fatal "Unsupported INSTALL_RKE2_METHOD: ${INSTALL_RKE2_METHOD} (expected tar)" ;;
+    esac
+    if rpm -q rke2-common >/dev/null 2>&1; then
+        fatal "Cannot perform ${INSTALL_RKE2_METHOD:-tar} install on host with existing RKE2 RPMs - please run rke2-uninstall.sh first"
+    fi
+}
+
+find_downloader() {
+    for candidate in curl wget; do
+        DOWNLOADER=$(command -v "${candidate}" 2>/dev/null) || continue
+        [ -x "${DOWNLOADER}" ] && return 0
+    done
+    fatal "can not find curl or wget for downloading files"
 }
 
 setup_arch() {
@@ -103,6 +125,12 @@ stage_local_airgap_images() {
         info "staging airgap image tarball from ${image}"
         mkdir -p "${INSTALL_RKE2_AGENT_IMAGES_DIR}"
         cp -f "${image}" "${INSTALL_RKE2_AGENT_IMAGES_DIR}/${name}"
+        # Along with the main archive, the per-part archives of the release (rke2-images-<part>.linux-<arch>...).
+        for extra in "${INSTALL_RKE2_ARTIFACT_PATH}"/rke2-images-*."${SUFFIX}"*; do
+            [ -f "${extra}" ] || continue
+            info "installing airgap image from ${extra}"
+            cp -f "${extra}" "${INSTALL_RKE2_AGENT_IMAGES_DIR}/"
+        done
         return 0
     done
 }
@@ -112,6 +140,31 @@ stage_local_tarball() {
     [ -f "${INSTALL_RKE2_ARTIFACT_PATH}/rke2.${SUFFIX}.tar.gz" ] || \
         fatal "tarball ${INSTALL_RKE2_ARTIFACT_PATH}/rke2.${SUFFIX}.tar.gz not found"
     cp -f "${INSTALL_RKE2_ARTIFACT_PATH}/rke2.${SUFFIX}.tar.gz" "${TMP_TARBALL}"
+}
+
+# download FILE URL: fails like the real installer does (set -e): curl says why, wget -q says nothing.
+download() {
+    case "${DOWNLOADER}" in
+        *curl) curl -o "$1" -fsSL "$2" ;;
+        *wget) wget -qO "$1" "$2" ;;
+        *) fatal "downloader executable not supported: '${DOWNLOADER}'" ;;
+    esac
+}
+
+release_url() {
+    echo "${INSTALL_RKE2_ARTIFACT_URL%/}/$(echo "${INSTALL_RKE2_VERSION}" | sed 's/+/%2B/g')/$1"
+}
+
+download_checksums() {
+    url=$(release_url "sha256sum-${ARCH}.txt")
+    info "downloading checksums at ${url}"
+    download "${TMP_CHECKSUMS}" "${url}"
+}
+
+download_tarball() {
+    url=$(release_url "rke2.${SUFFIX}.tar.gz")
+    info "downloading tarball at ${url}"
+    download "${TMP_TARBALL}" "${url}"
 }
 
 verify_tarball() {
@@ -132,7 +185,7 @@ verify_version() {
     if [ -n "${INSTALL_RKE2_VERSION}" ] && [ "${INSTALL_RKE2_VERSION}" != "${tarball_version}" ]; then
         fatal "tarball contains rke2 ${tarball_version}, but INSTALL_RKE2_VERSION is ${INSTALL_RKE2_VERSION}"
     fi
-    info "using ${tarball_version} as release"
+    info "tarball holds rke2 ${tarball_version}"
 }
 
 unpack_tarball() {
@@ -164,11 +217,21 @@ setup_service() {
 
 do_install() {
     setup_env
+    check_method_conflict
     setup_arch
     setup_tmp
-    stage_local_checksums
-    stage_local_airgap_images
-    stage_local_tarball
+    if [ -n "${INSTALL_RKE2_ARTIFACT_PATH}" ]; then
+        stage_local_checksums
+        stage_local_airgap_images
+        stage_local_tarball
+    else
+        find_downloader
+        [ -n "${INSTALL_RKE2_VERSION}" ] || \
+            fatal "INSTALL_RKE2_VERSION is required: the stand-in does not look up release channels"
+        info "using ${INSTALL_RKE2_VERSION} as release"
+        download_checksums
+        download_tarball
+    fi
     verify_tarball
     verify_version
     unpack_tarball
