@@ -209,6 +209,12 @@ ANSIBLE_DIR = Path(env("ANSIBLE_DIR", default=str(BASE_DIR / "ansible")))
 # copied from RKE2_AIRGAP_ARTIFACT_DIR on the worker, one sub-folder per version or the folder itself).
 RKE2_INSTALL_METHOD = env("RKE2_INSTALL_METHOD", default="script")
 RKE2_INSTALL_SCRIPT_URL = env("RKE2_INSTALL_SCRIPT_URL", default="https://get.rke2.io")
+# Method "script" from an internal mirror: the URL prefix the install script downloads the release from (passed as
+# INSTALL_RKE2_ARTIFACT_URL; a mirror of https://github.com/rancher/rke2/releases/download laid out
+# <prefix>/<version>/rke2.linux-<arch>.tar.gz and sha256sum-<arch>.txt; empty: the script's default, GitHub), and the
+# sha256 the downloaded script must have (empty: not checked).
+RKE2_INSTALL_ARTIFACT_URL = env("RKE2_INSTALL_ARTIFACT_URL", default="")
+RKE2_INSTALL_SCRIPT_SHA256 = env("RKE2_INSTALL_SCRIPT_SHA256", default="")
 RKE2_AIRGAP_ARTIFACT_DIR = env("RKE2_AIRGAP_ARTIFACT_DIR", default="")
 # Seconds a service start may take before the job fails with the service's last log lines.
 RKE2_START_TIMEOUT_SECONDS = env.int("RKE2_START_TIMEOUT_SECONDS", default=600)

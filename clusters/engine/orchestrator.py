@@ -276,6 +276,8 @@ class StageOrchestrator:
         variables: dict[str, Any] = {
             "rke2_install_method": settings.RKE2_INSTALL_METHOD,
             "rke2_install_script_url": settings.RKE2_INSTALL_SCRIPT_URL,
+            "rke2_install_artifact_url": settings.RKE2_INSTALL_ARTIFACT_URL,
+            "rke2_install_script_sha256": settings.RKE2_INSTALL_SCRIPT_SHA256,
             "rke2_start_timeout": int(settings.RKE2_START_TIMEOUT_SECONDS),
             "rke2_unsafe_show_logs": False,
         }
