@@ -8,7 +8,8 @@ test runs build it once; a finished entry is never modified (a running host's lo
 
 Changes made to the root after debootstrap (bump :data:`RECIPE_VERSION` when changing them):
 
-* ``etcd.service`` is masked (the stand-in RKE2 runs its own etcd on 2379/2380);
+* ``etcd.service`` is masked and its ``etcd2.service`` alias removed (the stand-in RKE2 runs its own etcd on
+  2379/2380);
 * timers and gettys a test host does not need are removed (``apt-daily*``, ``dpkg-db-backup``, ``e2scrub*``,
   ``fstrim``, ``getty@tty1``) and ``console-getty.service`` is masked;
 * the shared ssh host keys and machine id are removed (every host gets its own);
@@ -48,7 +49,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SUITE = "bookworm"
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 PACKAGES: tuple[str, ...] = (
     "systemd",
     "systemd-sysv",
@@ -166,8 +167,9 @@ def _customize(root: Path) -> None:
     system = root / "etc/systemd/system"
     for wants in system.glob("*.wants"):
         for link in wants.iterdir():
-            if _REMOVED_WANTS.match(link.name):
+            if _REMOVED_WANTS.match(link.name) or link.name in _MASKED_UNITS:
                 link.unlink()
+    (system / "etcd2.service").unlink(missing_ok=True)
     for unit in _MASKED_UNITS:
         target = system / unit
         if target.is_symlink() or target.exists():
@@ -202,6 +204,58 @@ def _customize(root: Path) -> None:
         for entry in (root / leftover).glob("*"):
             if entry.is_file():
                 entry.unlink()
+
+
+def _in_use(path: Path) -> bool:
+    """Whether a running process has a mount of ``path`` (a host booted from it)."""
+    needle = str(path).encode()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if needle in Path(f"/proc/{entry}/mountinfo").read_bytes():
+                    return True
+    return False
+
+
+def _use_lock_path(root: Path) -> Path:
+    return root.parent / f".{root.name}.in-use"
+
+
+def hold(root: Path) -> int:
+    """Mark ``root`` as in use until the returned descriptor is closed (shared ``flock``; see :func:`prune`)."""
+    fd = os.open(_use_lock_path(root), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    return fd
+
+
+def _held(root: Path) -> bool:
+    path = _use_lock_path(root)
+    if not path.exists():
+        return False
+    fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def prune(keep: Path) -> list[Path]:
+    """Remove the cached roots of older recipes that no running host uses; returns what was removed."""
+    removed = []
+    base = keep.parent
+    with _build_lock(base):
+        for other in sorted(base.glob(f"{SUITE}-*")):
+            if other == keep or not other.is_dir() or _held(other) or _in_use(other):
+                continue
+            retired = base / f".build-retired-{other.name}-{os.getpid()}"
+            other.rename(retired)
+            shutil.rmtree(retired, ignore_errors=True)
+            _use_lock_path(other).unlink(missing_ok=True)
+            removed.append(other)
+    return removed
 
 
 def build_root(*, force: bool = False, quiet: bool = False) -> Path:
@@ -245,6 +299,8 @@ def build_root(*, force: bool = False, quiet: bool = False) -> Path:
                 )
             _customize(work)
             if force and final.exists():
+                if _held(final) or _in_use(final):
+                    raise RootBuildError(f"{final} is in use by running test hosts; stop them first")
                 retired = base / f".build-retired-{key}-{os.getpid()}"
                 final.rename(retired)
                 shutil.rmtree(retired, ignore_errors=True)
@@ -254,4 +310,6 @@ def build_root(*, force: bool = False, quiet: bool = False) -> Path:
             raise
         if not quiet:
             print(f"Built {final} in {time.monotonic() - started:.0f}s", flush=True)
-        return final
+    for old in prune(final):
+        log.info("removed the unused test-host root %s", old)
+    return final

@@ -101,12 +101,13 @@ class SystemdHost(Host):
 
     # -- state ------------------------------------------------------------------------------------------------
 
-    def _find_pid1(self) -> tuple[int, int] | None:
+    def _find_pid1(self, children: dict[int, list[int]] | None = None) -> tuple[int, int] | None:
         """(nspawn PID, container PID 1) of the current boot, None while nspawn is (re)starting."""
         launcher = self._launcher
         if launcher is None or launcher.poll() is not None:
             return None
-        children = _children_by_parent()
+        if children is None:
+            children = _children_by_parent()
         for nspawn in children.get(launcher.pid, []):
             if _comm(nspawn) != "systemd-nspawn":
                 continue
@@ -332,6 +333,7 @@ class SystemdHostNetwork(HostNetwork):
         super().__init__(**kwargs)  # type: ignore[arg-type]
         self._root_override = Path(root) if root is not None else None
         self.root_path = Path("/nonexistent")
+        self._root_hold: int | None = None
 
     def _start_network(self) -> None:
         problems = missing_systemd_prerequisites()
@@ -340,6 +342,8 @@ class SystemdHostNetwork(HostNetwork):
         self.root_path = self._root_override or rootfs.build_root()
         if not (self.root_path / "usr/lib/systemd/systemd").exists():
             raise HostNetworkError(f"{self.root_path} is not a root file system with systemd")
+        if self._root_override is None:
+            self._root_hold = rootfs.hold(self.root_path)
         super()._start_network()
         cgroups.create(self._names.prefix)
         Path("/run/systemd/nspawn").mkdir(parents=True, exist_ok=True)
@@ -430,13 +434,14 @@ class SystemdHostNetwork(HostNetwork):
         pending = {host.slot: host for host in hosts}
         deadline = time.monotonic() + BOOT_TIMEOUT
         while pending:
+            children = _children_by_parent()
             for slot, host in list(pending.items()):
                 assert isinstance(host, SystemdHost) and host._launcher is not None
                 if host._launcher.poll() is not None:
                     raise HostNetworkError(
                         f"host {host.name} did not boot (exit {host._launcher.returncode}): {host.console_tail()}"
                     )
-                found = host._find_pid1()
+                found = host._find_pid1(children)
                 if found is None:
                     continue
                 if _listens_on(found[1], SSH_PORT):
@@ -447,23 +452,43 @@ class SystemdHostNetwork(HostNetwork):
             if not pending:
                 return
             if time.monotonic() > deadline:
-                raise HostNetworkError(
-                    f"sshd of {sorted(h.name for h in pending.values())} not listening after {BOOT_TIMEOUT:.0f}s"
-                )
+                details = "; ".join(self._boot_diagnosis(host) for host in pending.values())
+                raise HostNetworkError(f"sshd not listening after {BOOT_TIMEOUT:.0f}s: {details}")
             time.sleep(POLL)
+
+    @staticmethod
+    def _boot_diagnosis(host: Host) -> str:
+        """What a host that did not become reachable was doing (for the error message)."""
+        assert isinstance(host, SystemdHost)
+        found = host._find_pid1()
+        if found is None:
+            return f"{host.name}: no systemd running; console: {host.console_tail(1500)}"
+        argv = [*_nsenter_argv(found[1]), "--"]
+        parts = [f"{host.name}: systemd pid {found[1]}"]
+        for cmd in (
+            ["systemctl", "is-system-running"],
+            ["systemctl", "list-jobs", "--no-pager"],
+            ["systemctl", "status", "--no-pager", "-n", "20", "ssh.service"],
+        ):
+            with contextlib.suppress(subprocess.SubprocessError, OSError):
+                out = subprocess.run([*argv, *cmd], capture_output=True, text=True, timeout=10)
+                parts.append(f"$ {shlex.join(cmd)}: {(out.stdout + out.stderr).strip()}")
+        parts.append(f"console: {host.console_tail(1500)}")
+        return "\n".join(parts)
 
     # -- teardown ---------------------------------------------------------------------------------------------
 
     def _stop_hosts(self, hosts: Sequence[Host]) -> None:
         """SIGTERM each nspawn (clean halt), then ``cgroup.kill`` whatever is left and remove the cgroups."""
         stopping = []
+        children = _children_by_parent()
         for host in hosts:
             assert isinstance(host, SystemdHost)
             if host._launcher is None:
                 host._destroyed = True
                 continue
             if host._launcher.poll() is None:
-                found = host._find_pid1()
+                found = host._find_pid1(children)
                 if found is not None:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(found[0], signal.SIGTERM)
@@ -489,6 +514,14 @@ class SystemdHostNetwork(HostNetwork):
         super()._destroy(hosts)
         if bridge in os.listdir("/sys/class/net"):
             _ip_batch([f"neigh del {host.ip} dev {bridge}" for host in hosts], force=True)
+
+    def close(self) -> None:
+        try:
+            super().close()
+        finally:
+            if self._root_hold is not None:
+                os.close(self._root_hold)
+                self._root_hold = None
 
     def describe(self) -> dict[str, object]:
         return {**super().describe(), "flavour": "systemd", "root": str(self.root_path)}
