@@ -162,8 +162,9 @@ class Cluster(models.Model):
             for item in self.tls_san:
                 try:
                     validators.validate_address(item)
-                except ValidationError:
-                    error("tls_san", f"{item!r} is not an IP address or DNS name.")
+                except ValidationError as exc:
+                    zone = exc.code == "ipv6_zone"
+                    error("tls_san", exc.messages[0] if zone else f"{item!r} is not an IP address or DNS name.")
         cluster_nets = _networks_or_none(self.cluster_cidr)
         service_nets = _networks_or_none(self.service_cidr)
         if cluster_nets is not None:

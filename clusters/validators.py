@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
+from collections.abc import Callable, Mapping
 
 from django.core.exceptions import ValidationError
 from django.utils.deconstruct import deconstructible
@@ -41,6 +43,10 @@ def validate_hostname(value: str) -> None:
 
 
 def is_ip_address(value: str) -> bool:
+    """Whether ``value`` is a plain IPv4 or IPv6 address. An IPv6 zone (``fe80::1%eth0``) is not part of an address
+    another host can use, so it does not count."""
+    if not isinstance(value, str) or "%" in value:
+        return False
     try:
         ipaddress.ip_address(value)
     except ValueError:
@@ -48,13 +54,24 @@ def is_ip_address(value: str) -> bool:
     return True
 
 
+def _refuse_zone(value: object) -> None:
+    if isinstance(value, str) and "%" in value:
+        raise ValidationError(
+            f"{value!r}: an IPv6 zone (the '%' suffix) names an interface of one host and means nothing to the "
+            "others; enter the address without it.",
+            code="ipv6_zone",
+        )
+
+
 def validate_ip_address(value: str) -> None:
+    _refuse_zone(value)
     if not isinstance(value, str) or not is_ip_address(value):
         raise ValidationError("Enter a valid IPv4 or IPv6 address.", code="invalid_ip")
 
 
 def validate_address(value: str) -> None:
-    """An IPv4/IPv6 address or an RFC 1123 DNS name."""
+    """An IPv4/IPv6 address (without a zone) or an RFC 1123 DNS name."""
+    _refuse_zone(value)
     if isinstance(value, str) and is_ip_address(value):
         return
     try:
@@ -112,9 +129,7 @@ def validate_unix_username(value: str) -> None:
 
 def validate_rke2_version(value: str) -> None:
     if not isinstance(value, str) or not RKE2_VERSION_RE.match(value):
-        raise ValidationError(
-            "Enter an RKE2 release such as v1.31.4+rke2r1.", code="invalid_rke2_version"
-        )
+        raise ValidationError("Enter an RKE2 release such as v1.31.4+rke2r1.", code="invalid_rke2_version")
 
 
 def parse_rke2_version(value: str) -> tuple[int, int, int, int]:
@@ -129,6 +144,8 @@ _CONFIG_KEY_RE = re.compile(r"^[a-z0-9][a-z0-9-]*\+?$")
 # refused so that no secret lands there.
 _SECRET_KEY_RE = re.compile(r"(secret|token|password|passwd|access-key|private-key)")
 _SCALAR_TYPES = (str, int, float, bool)
+# Keys the credential pattern matches that hold no credential.
+_NOT_CREDENTIALS = frozenset({"secrets-encryption", "secrets-encryption-provider"})
 
 
 @deconstructible
@@ -175,7 +192,7 @@ class RKE2ConfigValidator:
                 raise ValidationError(
                     f"{key!r} cannot be set here: {self.reserved[key.rstrip('+')]}.", code="reserved_config_key"
                 )
-            if _SECRET_KEY_RE.search(key):
+            if _SECRET_KEY_RE.search(key) and key.rstrip("+") not in _NOT_CREDENTIALS:
                 raise ValidationError(
                     f"{key!r} holds a credential: extra configuration is stored in clear and cannot carry secrets.",
                     code="secret_config_key",
@@ -187,16 +204,203 @@ class RKE2ConfigValidator:
                         f"{key!r}: values must be strings, numbers, booleans or lists of them.",
                         code="invalid_config_value",
                     )
+                if isinstance(element, float) and not math.isfinite(element):
+                    raise ValidationError(
+                        f"{key!r}: {element!r} is not a finite number; NaN and Infinity cannot be used in RKE2's "
+                        "configuration (nor in JSON).",
+                        code="non_finite_number",
+                    )
                 if isinstance(element, str) and ("\n" in element or "\r" in element or "\x00" in element):
                     raise ValidationError(
                         f"{key!r}: values cannot contain line breaks or NUL characters.", code="invalid_config_value"
                     )
+            reason = weakening_reason(key, item)
+            if reason:
+                raise ValidationError(f"{key!r}: {reason}", code="weakening_config")
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, RKE2ConfigValidator)
 
 
 validate_rke2_config = RKE2ConfigValidator()
+
+
+# Extra config that would weaken the cluster or hand its control plane to whoever sets it. Operators may change
+# clusters but are not cluster administrators of them: nothing they can set may make anyone cluster-admin, open the
+# API (or the kubelet, or etcd) without authentication or authorization, expose the admin kubeconfig, or reset etcd.
+
+_FALSE_WORDS = frozenset({"0", "f", "false"})
+
+
+def _is_false(value: str) -> bool:
+    """Whether a flag value reads as false (Go's strconv.ParseBool spellings)."""
+    return value.strip().lower() in _FALSE_WORDS
+
+
+def _mode_reason(value: object) -> str | None:
+    text = str(value).strip() if isinstance(value, (str, int)) and not isinstance(value, bool) else ""
+    if not re.fullmatch(r"0?[0-7]{3}", text):
+        return f"{value!r} is not a file mode: give an octal mode such as 0600."
+    if int(text, 8) & 0o077:
+        return (
+            f"{text} would let other users of the servers read the admin kubeconfig, which is cluster-admin; "
+            "use 0600 (the default) or stricter."
+        )
+    return None
+
+
+# Top-level keys refused whatever their value.
+REFUSED_CONFIG_KEYS: Mapping[str, str] = {
+    "cluster-reset": "resetting etcd to a single member is a recovery operation, not a setting; it would run again "
+    "at every restart of the server",
+    "cluster-reset-restore-path": "restoring an etcd snapshot is an operation of its own, not a setting; it would run "
+    "again at every restart of the server",
+    "write-kubeconfig": "the admin kubeconfig (cluster-admin) stays at RKE2's own path, where the portal fetches it",
+    "write-kubeconfig-group": "it would make the admin kubeconfig (cluster-admin) readable by a group of the servers",
+    "enable-pprof": "it serves profiling endpoints on the supervisor port",
+}
+
+# Top-level keys refused for some values: a function of the value giving the reason, or None.
+_CONFIG_VALUE_RULES: Mapping[str, Callable[[object], str | None]] = {
+    "write-kubeconfig-mode": _mode_reason,
+    "secrets-encryption": lambda value: (
+        "false would store Kubernetes secrets in etcd in clear." if _is_false(str(value)) else None
+    ),
+}
+
+
+def _always(reason: str) -> Callable[[str], str | None]:
+    return lambda value: reason
+
+
+def _unless_false(reason: str) -> Callable[[str], str | None]:
+    return lambda value: None if _is_false(value) else reason
+
+
+def _if_false(reason: str) -> Callable[[str], str | None]:
+    return lambda value: reason if _is_false(value) else None
+
+
+def _unless_zero(reason: str) -> Callable[[str], str | None]:
+    return lambda value: None if value.strip() == "0" else reason
+
+
+def _listing(names: frozenset[str], reason: str) -> Callable[[str], str | None]:
+    folded = {name.lower(): name for name in names}
+
+    def check(value: str) -> str | None:
+        found = [folded[item.strip().lower()] for item in value.split(",") if item.strip().lower() in folded]
+        return f"{', '.join(found)}: {reason}" if found else None
+
+    return check
+
+
+_ANONYMOUS = "anonymous requests would be served (as system:anonymous) instead of refused"
+_ALWAYS_ALLOW = "it lets every request do anything: every user would be cluster-admin"
+_INSECURE_PORT = "an insecure port serves requests without authentication or authorization"
+_AUTHENTICATION = (
+    "who can log in to the cluster is set by its administrators, not here: credentials or an identity provider "
+    "given here could grant any group, system:masters (cluster-admin) included"
+)
+_AUTHORIZATION = "authorization stays RBAC and Node, as RKE2 sets it"
+_PROTECTIVE_ADMISSION = frozenset(
+    {
+        "NodeRestriction",
+        "PodSecurity",
+        "ServiceAccount",
+        "NamespaceLifecycle",
+        "CertificateApproval",
+        "CertificateSigning",
+        "CertificateSubjectRestriction",
+        "ValidatingAdmissionWebhook",
+        "MutatingAdmissionWebhook",
+        "ValidatingAdmissionPolicy",
+    }
+)
+_NO_AUTHORIZATION_PATHS = "paths listed here would be served without authorization"
+
+# Component arguments ("name=value" items of the *-arg keys) refused, by component key then flag name. A name
+# ending in '-' is a prefix.
+COMPONENT_ARG_RULES: Mapping[str, Mapping[str, Callable[[str], str | None]]] = {
+    "kube-apiserver-arg": {
+        "anonymous-auth": _unless_false(_ANONYMOUS),
+        "authorization-mode": _listing(frozenset({"AlwaysAllow"}), _ALWAYS_ALLOW),
+        "insecure-port": _unless_zero(_INSECURE_PORT),
+        "insecure-bind-address": _always(_INSECURE_PORT),
+        "token-auth-file": _always(_AUTHENTICATION),
+        "basic-auth-file": _always(_AUTHENTICATION),
+        "authentication-config": _always(_AUTHENTICATION),
+        "authentication-token-webhook-config-file": _always(_AUTHENTICATION),
+        "oidc-": _always(_AUTHENTICATION),
+        "authorization-config": _always(_AUTHORIZATION),
+        "authorization-policy-file": _always(_AUTHORIZATION),
+        "authorization-webhook-config-file": _always(_AUTHORIZATION),
+        "disable-admission-plugins": _listing(
+            _PROTECTIVE_ADMISSION, "these admission plugins protect the cluster and stay enabled"
+        ),
+        "admission-control": _always("it replaces the whole list of admission plugins, protective ones included"),
+        "enable-admission-plugins": _listing(frozenset({"AlwaysAdmit"}), "it admits every request unchecked"),
+        "service-account-lookup": _if_false("deleted service accounts' tokens would stay valid"),
+    },
+    "kubelet-arg": {
+        "anonymous-auth": _unless_false(_ANONYMOUS),
+        "authorization-mode": _listing(frozenset({"AlwaysAllow"}), _ALWAYS_ALLOW),
+        "read-only-port": _unless_zero("the read-only port serves pod and node data without authentication"),
+    },
+    "kube-controller-manager-arg": {
+        "port": _unless_zero(_INSECURE_PORT),
+        "address": _always(_INSECURE_PORT),
+        "authorization-always-allow-paths": _always(_NO_AUTHORIZATION_PATHS),
+    },
+    "kube-scheduler-arg": {
+        "port": _unless_zero(_INSECURE_PORT),
+        "address": _always(_INSECURE_PORT),
+        "authorization-always-allow-paths": _always(_NO_AUTHORIZATION_PATHS),
+    },
+    "cloud-controller-manager-arg": {
+        "authorization-always-allow-paths": _always(_NO_AUTHORIZATION_PATHS),
+    },
+    "etcd-arg": {
+        "client-cert-auth": _if_false("etcd would serve clients without a certificate"),
+        "peer-client-cert-auth": _if_false("etcd would accept peers without a certificate"),
+        "listen-client-http-urls": _always("etcd would serve clients in clear, bypassing the API server"),
+    },
+}
+
+
+def _split_arg(item: object) -> tuple[str, str]:
+    """(flag name, value) of one component argument, as RKE2 reads it: a leading '--' is optional, a bare flag is
+    true, and '_' is the same as '-' in flag names."""
+    text = str(item).lower() if isinstance(item, bool) else str(item)
+    name, sep, value = text.strip().lstrip("-").partition("=")
+    return name.strip().replace("_", "-").lower(), (value if sep else "true")
+
+
+def weakening_reason(key: str, value: object) -> str | None:
+    """Why an extra RKE2 config key and value would weaken the cluster (see :data:`REFUSED_CONFIG_KEYS`,
+    :data:`COMPONENT_ARG_RULES`), or None when it would not."""
+    name = key.rstrip("+")
+    if name in REFUSED_CONFIG_KEYS:
+        return f"cannot be set here: {REFUSED_CONFIG_KEYS[name]}."
+    items = value if isinstance(value, list) else [value]
+    rule = _CONFIG_VALUE_RULES.get(name)
+    if rule is not None:
+        if isinstance(value, list):
+            return "takes one value, not a list."
+        reason = rule(value)
+        return reason
+    rules = COMPONENT_ARG_RULES.get(name)
+    if rules is None:
+        return None
+    for item in items:
+        flag, flag_value = _split_arg(item)
+        for rule_name, check in rules.items():
+            matches = flag.startswith(rule_name) if rule_name.endswith("-") else flag == rule_name
+            reason = check(flag_value) if matches else None
+            if reason:
+                return f"{str(item)!r} is refused: {reason}."
+    return None
+
 
 # RKE2 "critical" server flags beyond the ones with their own fields: every server must have the same value, or a
 # joining server is refused ("critical configuration value mismatch"). They belong to the cluster, never to one
@@ -211,6 +415,7 @@ def critical_config(value: object) -> dict[str, object]:
     return {
         key: item for key, item in value.items() if isinstance(key, str) and key.rstrip("+") in CRITICAL_CONFIG_KEYS
     }
+
 
 _LABEL_KEY_RE = re.compile(
     r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$"
@@ -266,7 +471,12 @@ def validate_node_taint(value: str) -> None:
     """Kubernetes taint ``key[=value]:Effect``."""
     head, sep, effect = (value if isinstance(value, str) else "").rpartition(":")
     key, _, taint_value = head.partition("=")
-    if not sep or effect not in _TAINT_EFFECTS or not _LABEL_KEY_RE.match(key) or not _LABEL_VALUE_RE.match(taint_value):
+    if (
+        not sep
+        or effect not in _TAINT_EFFECTS
+        or not _LABEL_KEY_RE.match(key)
+        or not _LABEL_VALUE_RE.match(taint_value)
+    ):
         raise ValidationError(
             f"{value!r} is not a Kubernetes taint of the form key[=value]:NoSchedule|PreferNoSchedule|NoExecute.",
             code="invalid_taint",

@@ -20,6 +20,7 @@ from ..choices import (
     NodeStatus,
 )
 from ..forms import ClusterForm, NodeInlineForm, NodeInlineFormSet, node_spec, service_error_dict
+from ..integrity import integrity_error_messages
 from ..models import CRITICAL_FIELDS, Cluster, Job, Node
 from ..services.audit import audit_record
 from ..services.clusters import (
@@ -313,9 +314,10 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
                 with transaction.atomic():
                     node_form.save()
             except IntegrityError as exc:
-                raise ValidationError(
-                    {"nodes": ["A node conflicts with another node of this cluster; reload and retry."]}
-                ) from exc
+                refused = integrity_error_messages(exc, Node)
+                hostname = node_form.instance.hostname
+                messages = [f"{hostname}: {message}" for found in refused.values() for message in found]
+                raise ValidationError({"nodes": messages}) from exc
             changed.append((node_form.instance, node_form.changed_data))
         if changed:
             audit_record(

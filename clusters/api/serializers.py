@@ -8,6 +8,7 @@ the kubeconfig (which has its own download endpoint) are write-only or absent.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, ClassVar
 
@@ -71,6 +72,35 @@ ROLE_CHOICES = [*NodeRole.values, "server", "agent"]
 
 
 # --- fields -----------------------------------------------------------------------------------------------------
+
+
+class _NonFinite(float):
+    """NaN or Infinity met while reading a JSON document leniently (to name where it is)."""
+
+
+def _json_path(path: str, key: Any) -> str:
+    return f"{path}[{key}]" if isinstance(key, int) else (f"{path}.{key}" if path else str(key))
+
+
+def _find_non_finite(value: Any, path: str = "") -> str | None:
+    if isinstance(value, _NonFinite):
+        return path or "the document"
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _find_non_finite(item, _json_path(path, key))
+        if found is not None:
+            return found
+    return None
+
+
+def non_finite_location(raw: bytes, encoding: str = "utf-8") -> str | None:
+    """Where the first NaN or Infinity of a JSON document is (``cluster_vars.max-pods``, ``nodes[0].node_vars.x``),
+    or None when it holds none (or is not JSON even so)."""
+    try:
+        document = json.loads(raw.decode(encoding), parse_constant=_NonFinite)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None
+    return _find_non_finite(document)
 
 
 def _check_json(value: Any, depth: int = 0) -> None:

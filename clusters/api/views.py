@@ -6,6 +6,7 @@ the request's transaction has committed. Errors are rendered by :mod:`rke2portal
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -61,10 +62,19 @@ class JSONBodyParser(JSONParser):
     """DRF's JSON parser, also refusing documents nested too deeply to decode (a 400, not a crash)."""
 
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        raw = stream.read()
         try:
-            return super().parse(stream, media_type, parser_context)
+            return super().parse(io.BytesIO(raw), media_type, parser_context)
         except RecursionError:
             raise ParseError("JSON parse error - the document is nested too deeply.") from None
+        except ParseError:
+            # NaN and Infinity are not JSON: say which field holds one.
+            location = s.non_finite_location(raw, (parser_context or {}).get("encoding") or "utf-8")
+            if location is None:
+                raise
+            raise ParseError(
+                f"JSON parse error - {location}: NaN and Infinity are not JSON numbers; numbers must be finite."
+            ) from None
 
 
 class FirstRendererNegotiation(BaseContentNegotiation):

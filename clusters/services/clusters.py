@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 
 from ..choices import ACTIVE_JOB_STATUSES, LIVE_NODE_STATUSES, SERVER_ROLES, NodeRole, NodeStatus
 from ..exceptions import InvalidState
+from ..integrity import integrity_error_messages
 from ..models import Cluster, Node, SSHCredential
 from .audit import audit_record
 
@@ -150,14 +151,14 @@ def _check_against_existing(cluster: Cluster, nodes: Sequence[Node], *, prefix: 
 
 
 def _save_nodes(nodes: Iterable[Node]) -> list[Node]:
-    saved = []
+    saved: list[Node] = []
     try:
         with transaction.atomic():
             for node in nodes:
                 node.save()
                 saved.append(node)
     except IntegrityError as exc:  # a concurrent request took a name or address first
-        raise ValidationError({"nodes": ["A node conflicts with another node of this cluster; reload and retry."]}) from exc
+        raise ValidationError(integrity_error_messages(exc, Node, prefix=f"nodes[{len(saved)}]")) from exc
     return saved
 
 
@@ -198,8 +199,8 @@ def cluster_create(*, nodes: Sequence[Mapping[str, Any]] = (), actor: Any = None
     try:
         with transaction.atomic():
             cluster.save()
-    except IntegrityError as exc:  # a concurrent request took the name first
-        raise ValidationError({"name": ["A cluster with this name already exists."]}) from exc
+    except IntegrityError as exc:  # a concurrent request took the name first, say: the constraint tells
+        raise ValidationError(integrity_error_messages(exc, Cluster)) from exc
     for node in built:
         node.cluster = cluster
     _save_nodes(built)
@@ -235,7 +236,7 @@ def cluster_update(*, cluster: Cluster, data: Mapping[str, Any], actor: Any = No
     except IntegrityError as exc:
         for field, value in original.items():
             setattr(cluster, field, value)
-        raise ValidationError({"name": ["A cluster with this name already exists."]}) from exc
+        raise ValidationError(integrity_error_messages(exc, Cluster)) from exc
     if changed:
         audit_record(action="cluster.update", actor=actor, cluster=cluster, detail={"fields": changed})
     return cluster

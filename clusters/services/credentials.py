@@ -10,6 +10,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError
 
 from ..exceptions import InvalidState
+from ..integrity import integrity_error_messages
 from ..models import SSHCredential
 from .audit import audit_record
 
@@ -31,7 +32,7 @@ def _save(credential: SSHCredential) -> None:
         with transaction.atomic():
             credential.save()
     except IntegrityError as exc:  # a concurrent request took the name first
-        raise ValidationError({"name": ["An SSH credential with this name already exists."]}) from exc
+        raise ValidationError(integrity_error_messages(exc, SSHCredential)) from exc
 
 
 @transaction.atomic

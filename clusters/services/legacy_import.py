@@ -18,8 +18,7 @@ import re
 import sqlite3
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -30,7 +29,9 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from ..choices import ClusterStatus, InstallationStage, NodeRole, NodeStatus
+from ..engine.redaction import MIN_SECRET_LENGTH
 from ..exceptions import ApplicationError
+from ..integrity import integrity_refusal
 from ..models import Cluster, Node, generate_cluster_token
 from ..validators import RKE2_VERSION_RE
 from .audit import audit_record
@@ -55,7 +56,8 @@ name -> name
 rke2_version | version -> rke2_version
     "v" is prepended when missing; must look like v1.31.4+rke2r1.
 token | cluster_token | rke2_token | node_token -> token (stored encrypted)
-    Kept as it is: it is the running cluster's join token. When the source has none, a new token is generated
+    Kept as it is: it is the running cluster's join token. A token shorter than 6 characters is refused (the
+    cluster is skipped): rotate the cluster's token first (rke2 token rotate). When the source has none, a new token is generated
     and the output says so; the running cluster still uses its own (/var/lib/rancher/rke2/server/node-token on a
     server), so nodes added later would not join: delete the cluster here, put its token in the source, and
     import it again.
@@ -205,10 +207,10 @@ def _read_sqlite(source: str, table: str, nodes_table: str) -> list[dict[str, An
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if table not in tables:
             raise LegacySourceError(f"{path} has no table {table!r}.")
-        clusters = [dict(row) for row in connection.execute(f'SELECT * FROM "{table}"')]  # noqa: S608
+        clusters = [dict(row) for row in connection.execute(f'SELECT * FROM "{table}"')]
         clusters.sort(key=lambda row: (row.get("id") is None, row.get("id") or 0))
         if clusters and "nodes" not in clusters[0] and nodes_table in tables:
-            rows = [dict(row) for row in connection.execute(f'SELECT * FROM "{nodes_table}"')]  # noqa: S608
+            rows = [dict(row) for row in connection.execute(f'SELECT * FROM "{nodes_table}"')]
             _attach_nodes_table(clusters, rows)
         return clusters
     except sqlite3.Error as exc:
@@ -317,7 +319,7 @@ def _bootstrapped_at(value: Any) -> datetime:
     if moment is None:
         return timezone.now()
     if timezone.is_naive(moment):
-        moment = timezone.make_aware(moment, dt_timezone.utc)
+        moment = timezone.make_aware(moment, UTC)
     return moment
 
 
@@ -375,6 +377,15 @@ def _build_cluster(row: Mapping[str, Any], name: str, outcome: ClusterOutcome) -
     if token:
         if any(char.isspace() for char in token):
             outcome.errors.append("token: contains whitespace; it cannot be an RKE2 token.")
+        elif len(token) < MIN_SECRET_LENGTH:
+            # A token this short could not be masked in job output (it would mask ordinary words), and it is
+            # guessed in no time: whoever guesses it can join a node to the cluster.
+            outcome.errors.append(
+                f"token: has only {len(token)} characters; at least {MIN_SECRET_LENGTH} are needed (a token this "
+                "short is guessed at once, and the portal could not keep it out of job output). Give the cluster "
+                "a new token first: on a server run 'rke2 token rotate --new-token=<at least 32 random "
+                "characters>' (see RKE2's token rotation), put the new token in the source, and import again."
+            )
         elif len(token) < MIN_TOKEN_LENGTH:
             outcome.notes.append(
                 f"the token has only {len(token)} characters; it is kept because the running cluster uses it."
@@ -523,7 +534,9 @@ def legacy_clusters_import(
         except _DryRunRollback:
             pass
         except IntegrityError as exc:
-            outcome.errors.append(f"the database refused it ({exc}).")
+            refusal = integrity_refusal(exc, Cluster, Node)
+            where = f"{refusal.field}: " if refusal.field else ""
+            outcome.errors.append(f"the database refused it: {where}{refusal.message}")
             continue
         outcome.action = "imported"
     return report

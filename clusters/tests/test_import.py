@@ -234,7 +234,7 @@ def test_every_cluster_problem_is_named(tmp_path):
         {**base, "name": "spacetoken", "token": "has space in it"},
         {**base, "name": "badcni", "cni": "weave", "nodes": [{"hostname": "x_y", "ip": "10.0.0.1", "role": "server"}]},
         "not an object",
-        {**base, "name": "fine", "token": "short"},
+        {**base, "name": "fine", "token": "short-token"},
         {**base, "name": "fine"},
     ]
     path = tmp_path / "export.json"
@@ -255,7 +255,7 @@ def test_every_cluster_problem_is_named(tmp_path):
         "badcni: node 'x_y' (hostname): Enter a valid RFC 1123 host name",
         "#12: not a mapping of cluster fields.",
         "fine: the source has another cluster with this name.",
-        "note: fine: the token has only 5 characters; it is kept because the running cluster uses it.",
+        "note: fine: the token has only 11 characters; it is kept because the running cluster uses it.",
         "Clusters: 1 imported, 0 already present, 13 invalid.",
     ]
     for expected in expectations:
@@ -318,7 +318,7 @@ def build_sqlite_source(path: Path, *, nodes_table: bool = False) -> None:
             db.execute(
                 "INSERT INTO clusters VALUES (7, 'migrated', 'v1.30.2+rke2r1', ?, 'lb.example.com', 'canal', "
                 "'running', '2025-01-02T03:04:05', 'complete', ?)",
-                [PROD_TOKEN, json.dumps({"write-kubeconfig-mode": "0640"})],
+                [PROD_TOKEN, json.dumps({"write-kubeconfig-mode": "0400"})],
             )
             db.executemany(
                 "INSERT INTO nodes VALUES (?, 7, ?, ?, ?, ?, ?, ?, ?)",
@@ -379,7 +379,7 @@ def test_import_from_a_database_with_a_nodes_table(tmp_path):
     assert "Clusters: 1 imported, 0 already present, 0 invalid. Nodes: 3 imported, 0 skipped." in output
     cluster = Cluster.objects.get(name="migrated")
     assert cluster.registration_address == "lb.example.com"
-    assert cluster.cluster_vars == {"write-kubeconfig-mode": "0640"}
+    assert cluster.cluster_vars == {"write-kubeconfig-mode": "0400"}
     nodes = {node.hostname: node for node in cluster.cluster_nodes.all()}
     assert {name: node.role for name, node in nodes.items()} == {"m1": "initial_master", "m2": "master", "w1": "worker"}
     assert nodes["m2"].use_external_ip and nodes["m2"].ansible_ip == "198.51.100.2"

@@ -289,7 +289,7 @@ def test_critical_values_are_frozen_after_bootstrap():
     fresh = Cluster.objects.get(pk=cluster.pk)
     fresh.cluster_cidr = " 10.52.0.0/16"
     fresh.description = "changed"
-    fresh.cluster_vars = {"disable-kube-proxy": False, "write-kubeconfig-mode": "0640"}
+    fresh.cluster_vars = {"disable-kube-proxy": False, "write-kubeconfig-mode": "0400"}
     fresh.registration_address = "lb.example.com"
     fresh.full_clean()
 

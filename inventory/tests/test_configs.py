@@ -141,7 +141,7 @@ def test_ipv6_registration_address_is_bracketed_in_server(make_cluster):
 )
 def test_yaml_lookalike_strings_stay_strings(make_cluster, value):
     cluster = make_cluster(
-        cluster_vars={"write-kubeconfig-mode": value, "kubelet-arg": [value]},
+        cluster_vars={"service-node-port-range": value, "kubelet-arg": [value]},
         nodes=[
             {"hostname": "m1", "internal_ip": "10.0.0.1", "role": "initial_master", "node_vars": {"profile": value}},
             {"hostname": "w1", "internal_ip": "10.0.1.1", "role": "worker", "node_vars": {"profile": value}},
@@ -150,7 +150,7 @@ def test_yaml_lookalike_strings_stay_strings(make_cluster, value):
     for hostname in ("m1", "w1"):
         written = config(cluster, hostname)
         assert written["kubelet-arg"] == [value] and written["profile"] == value
-    assert config(cluster, "m1")["write-kubeconfig-mode"] == value
+    assert config(cluster, "m1")["service-node-port-range"] == value
 
 
 def test_template_environment_is_strict_and_does_not_escape(rich_cluster):
@@ -206,7 +206,7 @@ def test_preview_equals_what_ansible_writes_for_tricky_values(make_cluster, tmp_
         service_cidr="10.43.0.0/16,fd02::/112",
         tls_san=["ünï.example.com".encode("idna").decode(), "2001:db8::1"],
         cluster_vars={
-            "write-kubeconfig-mode": "0640",
+            "write-kubeconfig-mode": "0400",
             "kubelet-arg": ["a: b", "a #b", "{{ lookup('env', 'HOME') }}", "{% if true %}x{% endif %}", "- item", "*x"],
             "etcd-snapshot-name": "!!python/object/apply:os.system ['id']",
             "node-name-suffix": "key=value other=1",
@@ -248,7 +248,7 @@ def test_preview_equals_what_ansible_writes_for_tricky_values(make_cluster, tmp_
     assert worker["data-dir"] == "/var/lib/rancher/rke2 # not a comment"
     assert worker["server"] == "https://[fd00::100]:9345"
     master = yaml.safe_load(written["m2"])
-    assert master["kubelet-arg"] == lookalikes and master["write-kubeconfig-mode"] == "0640"
+    assert master["kubelet-arg"] == lookalikes and master["write-kubeconfig-mode"] == "0400"
     assert master["etcd-snapshot-name"] == "!!python/object/apply:os.system ['id']"
     assert yaml.safe_load(written["m1"])["kubelet-arg"][2] == "{{ lookup('env', 'HOME') }}"
     assert yaml.safe_load(written["m1"])["profile"] == "on"

@@ -305,7 +305,7 @@ def test_inventory_is_read_by_ansible_as_rendered(make_cluster, tmp_path):
             },
             {"hostname": "w1", "internal_ip": "10.0.1.1", "role": "worker", "taints": ["gpu=yes:NoSchedule"]},
         ],
-        cluster_vars={"write-kubeconfig-mode": "0640"},
+        cluster_vars={"write-kubeconfig-mode": "0400"},
     )
     all_active(cluster)
     result = InventoryRenderer.render_for_stage(cluster, "all")
@@ -319,7 +319,7 @@ def test_inventory_is_read_by_ansible_as_rendered(make_cluster, tmp_path):
     expected = {**result.inventory["all"]["vars"], **result.inventory["all"]["hosts"]["m1"]}
     assert {key: variables[key] for key in expected} == expected
     assert variables["ansible_port"] == 2222 and variables["ansible_become"] is True
-    assert variables["rke2_extra_config"]["write-kubeconfig-mode"] == "0640"
+    assert variables["rke2_extra_config"]["write-kubeconfig-mode"] == "0400"
 
 
 def test_every_stage_of_a_thousand_nodes_takes_constant_queries(make_cluster, django_assert_num_queries):

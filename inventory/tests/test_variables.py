@@ -161,7 +161,7 @@ def test_node_vars_without_credential_have_no_connection_user(make_cluster):
 
 def test_extra_config_precedence_defaults_then_cluster_then_node(make_cluster):
     cluster = make_cluster(
-        cluster_vars={"write-kubeconfig-mode": "0640", "kubelet-arg": ["max-pods=200"], "debug": True},
+        cluster_vars={"write-kubeconfig-mode": "0400", "kubelet-arg": ["max-pods=200"], "debug": True},
         nodes=[
             {
                 "hostname": "m1",
@@ -178,7 +178,7 @@ def test_extra_config_precedence_defaults_then_cluster_then_node(make_cluster):
         ],
     )
     assert VariableRenderer.render_node_vars(node(cluster, "m1"))["rke2_extra_config"] == {
-        "write-kubeconfig-mode": "0640",
+        "write-kubeconfig-mode": "0400",
         "kubelet-arg": ["max-pods=50"],
         "debug": True,
     }
