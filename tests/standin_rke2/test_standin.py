@@ -8,7 +8,9 @@ Ansible's service module driving the SysV scripts.
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import io
 import json
 import os
 import re
@@ -767,3 +769,426 @@ def test_killall_stops_everything_it_started(hosts):
         listening = sh(host, "ss -Hltn").stdout
         for port in (":2379", ":2380", ":6443", ":9345"):
             assert port not in listening
+
+
+# --------------------------------------------------------------------------------------------------------------
+# one more server, alone in its own cluster: readiness notification, data-dir, refusals (token, CIS profile)
+
+DATA_DIR = "/srv/rke2-data"
+SOLO_TOKEN = "solo-cluster-secret-1"
+
+# Run inside the host: an abstract notification socket with SO_PASSCRED (so the sender of every datagram is
+# known, as systemd knows it), rke2 started on it directly (no init script), until READY=1 and two seconds more.
+NOTIFY_PROBE = r"""
+import json, os, socket, struct, subprocess, sys, time
+name = "rke2-standin-notify-%d" % os.getpid()
+sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+sock.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+sock.bind("\0" + name)
+sock.settimeout(0.3)
+stderr = open(sys.argv[1], "w")
+env = dict(os.environ, NOTIFY_SOCKET="@" + name)
+proc = subprocess.Popen(["/usr/local/bin/rke2", "server"], env=env, stdout=stderr, stderr=stderr)
+messages, ready_at, deadline = [], None, time.time() + 90
+while time.time() < deadline and proc.poll() is None:
+    if ready_at and time.time() - ready_at > 2:
+        break
+    try:
+        data, ancillary, _, _ = sock.recvmsg(4096, socket.CMSG_SPACE(12))
+    except socket.timeout:
+        continue
+    pid = None
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
+            pid = struct.unpack("3i", payload)[0]
+    messages.append({"pid": pid, "data": data.decode()})
+    if "READY=1" in data.decode():
+        ready_at = time.time()
+etcd = []
+for entry in os.listdir("/proc"):
+    if entry.isdigit():
+        try:
+            cmd = open("/proc/%s/cmdline" % entry, "rb").read().split(b"\0")
+            if cmd and cmd[0].endswith(b"/etcd"):
+                environ = open("/proc/%s/environ" % entry, "rb").read().split(b"\0")
+                etcd.append({"pid": int(entry), "notify": any(v.startswith(b"NOTIFY_SOCKET=") for v in environ)})
+        except OSError:
+            pass
+alive = proc.poll() is None
+proc.terminate()
+code = proc.wait(30)
+print(json.dumps({"rke2": proc.pid, "alive": alive, "code": code, "messages": messages, "etcd": etcd}))
+"""
+
+
+@pytest.fixture(scope="module")
+def solo(host_network, bundles):
+    (host,) = host_network.add_hosts(1)
+    proc = sh(
+        host,
+        "INSTALL_RKE2_ARTIFACT_PATH=%s INSTALL_RKE2_VERSION='%s' INSTALL_RKE2_TYPE=server INSTALL_RKE2_METHOD=tar"
+        " INSTALL_RKE2_AGENT_IMAGES_DIR=%s/agent/images sh %s/install.sh" % (bundles[OLD], OLD, DATA_DIR, bundles[OLD]),
+    )
+    assert "systemd is not running" in proc.stdout
+    yield host
+    if host.alive:
+        sh(host, "RKE2_DATA_DIR=%s /usr/local/bin/rke2-killall.sh >/dev/null 2>&1 || true" % DATA_DIR, timeout=30)
+    host_network.destroy_host(host)
+
+
+def solo_config(host, *extra):
+    write_config(host, ["token: %s" % SOLO_TOKEN, "node-ip: %s" % host.ip, "data-dir: %s" % DATA_DIR, *extra])
+
+
+def set_sysctls(host, **values):
+    """Bind files over /proc/sys entries inside the host's own mount namespace: the host then reads these values
+    (a container cannot set kernel.* / vm.* for itself).  Without values: undo."""
+    sh(host, "for f in kernel/panic kernel/panic_on_oops vm/overcommit_memory vm/panic_on_oom; do"
+             " umount /proc/sys/$f 2>/dev/null; done; true")  # fmt: skip
+    for name, value in values.items():
+        path = "/proc/sys/" + name.replace("__", "/")
+        sh(host, "mkdir -p /run/sysctl && echo %d > /run/sysctl/%s && mount --bind /run/sysctl/%s %s"
+                 % (value, name, name, path))  # fmt: skip
+
+
+CIS_OK = {"kernel__panic": 10, "kernel__panic_on_oops": 1, "vm__overcommit_memory": 1, "vm__panic_on_oom": 0}
+
+
+def test_ready_is_notified_by_rke2_only_and_logs_go_to_stderr(solo, workdir):
+    solo_config(solo, "tls-san:", "  - solo.standin.test")
+    probe = workdir / "notify_probe.py"
+    probe.write_text(NOTIFY_PROBE)
+    proc = sh(solo, "python3 %s /run/rke2-probe.log" % probe, timeout=150)
+    result = json.loads(proc.stdout)
+    stderr = solo.path("/run/rke2-probe.log").read_text()
+    assert result["alive"], stderr
+    ready = [m for m in result["messages"] if "READY=1" in m["data"]]
+    assert len(ready) == 1 and ready[0]["data"] == "READY=1\nSTATUS=rke2 server is up and running\n"
+    # Every datagram came from the rke2 process itself: etcd (which notifies when it has a socket) sent none.
+    assert {m["pid"] for m in result["messages"]} == {result["rke2"]}, result
+    assert result["etcd"] and not any(e["notify"] for e in result["etcd"]), result
+    assert result["code"] == 0
+    # Without an init script the logs are stderr (the journal under systemd), logrus style; no log file.
+    assert 'level=info msg="rke2 is up and running"' in stderr
+    assert 'level=info msg="Importing images from %s/agent/images/rke2-images.linux-amd64.tar.zst"' % DATA_DIR in stderr
+    assert not solo.path(DATA_DIR + "/server/logs/rke2.log").exists()
+
+
+def test_data_dir_holds_every_node_file(solo):
+    for path in (
+        "server/tls/server-ca.crt",
+        "server/tls/etcd/server-client.crt",
+        "server/db/etcd/member",
+        "server/token",
+        "server/node-token",
+        "server/logs/etcd.log",
+        "agent/client-kubelet.crt",
+        "agent/images/rke2-images.linux-amd64.tar.zst",
+    ):
+        assert solo.path("%s/%s" % (DATA_DIR, path)).exists(), path
+    assert sh(solo, "readlink -f %s/bin/kubectl" % DATA_DIR).stdout.strip() == os.path.realpath(KUBECTL)
+    assert sh(solo, "test -e /var/lib/rancher/rke2", check=False).returncode == 1
+    assert "--data-dir=%s/server/db/etcd" % DATA_DIR in "\n".join(rke2_processes(solo))
+    # etcd keeps running after rke2 stopped (KillMode=process); a snapshot finds it through config.yaml.
+    out = sh(solo, "rke2 etcd-snapshot save --name probe 2>&1").stdout
+    assert "Saved etcd snapshot" in out and "%s/server/db/snapshots/probe-" % DATA_DIR in out
+
+
+def test_restart_with_another_token_over_existing_data_is_fatal(solo):
+    solo_config(solo, "tls-san:", "  - solo.standin.test")
+    started = sh(solo, "service rke2-server start", timeout=90)
+    assert "Started rke2-server" in started.stdout
+    assert sh(solo, "readlink /run/rke2/rke2-server.log").stdout.strip() == DATA_DIR + "/server/logs/rke2.log"
+    # Never both types at once (the units' ExecCondition=): the start is skipped, not failed.
+    skipped = sh(solo, "service rke2-agent start")
+    assert "Error: rke2-server is running!" in skipped.stdout
+    assert sh(solo, "service rke2-agent status", check=False).returncode == 3
+
+    write_config(solo, ["token: another-secret", "node-ip: %s" % solo.ip, "data-dir: %s" % DATA_DIR])
+    proc = sh(solo, "service rke2-server restart", timeout=90, check=False)
+    assert proc.returncode == 1, proc.stdout
+    message = (
+        "preparing server: failed to bootstrap cluster data: failed to reconcile with local datastore: "
+        "bootstrap data already found and encrypted with different token"
+    )
+    assert 'level=fatal msg="%s"' % message in proc.stderr
+    assert message in solo.path(DATA_DIR + "/server/logs/rke2.log").read_text()
+    assert sh(solo, "service rke2-server status", check=False).returncode != 0
+    # The same token given in its full K10 form is accepted again.
+    node_token = solo.path(DATA_DIR + "/server/node-token").read_text().strip()
+    write_config(solo, ["token: %s" % node_token, "node-ip: %s" % solo.ip, "data-dir: %s" % DATA_DIR])
+    assert "Started rke2-server" in sh(solo, "service rke2-server start", timeout=90).stdout
+    sh(solo, "service rke2-server stop")
+
+
+@pytest.mark.parametrize(
+    ("profile", "sysctls", "no_etcd_user", "messages"),
+    [
+        (
+            "cis",
+            {"kernel__panic": 0, "kernel__panic_on_oops": 1, "vm__overcommit_memory": 0, "vm__panic_on_oom": 0},
+            False,
+            [
+                "invalid kernel parameter value vm.overcommit_memory=0 - expected 1\\n",
+                "invalid kernel parameter value kernel.panic=0 - expected 10\\n",
+            ],
+        ),
+        ("cis", CIS_OK, True, ["missing required: user: unknown user etcd\\n", "group: unknown group etcd\\n"]),
+        ("cis-1.23", CIS_OK, False, ["cis-1.23 profile is deprecated. Please use 'cis' instead."]),
+        ("cis-1.6", CIS_OK, False, ["invalid value provided for --profile flag"]),
+    ],
+)
+def test_cis_profile_refuses_an_unprepared_host(solo, profile, sysctls, no_etcd_user, messages):
+    solo_config(solo, "profile: %s" % profile)
+    set_sysctls(solo, **sysctls)
+    if no_etcd_user:
+        sh(solo, "cp -a /etc/passwd /etc/group /run/ && sed -i '/^etcd:/d' /etc/passwd /etc/group")
+    try:
+        proc = sh(solo, "service rke2-server start", timeout=90, check=False)
+    finally:
+        if no_etcd_user:
+            sh(solo, "cp -a /run/passwd /run/group /etc/")
+        set_sysctls(solo)
+    assert proc.returncode == 1, proc.stdout
+    fatal = [line for line in proc.stderr.splitlines() if "level=fatal" in line]
+    assert fatal, proc.stderr
+    for message in messages:
+        assert message in fatal[-1], fatal
+    assert not [line for line in rke2_processes(solo) if "/bin/rke2 " in line]
+
+
+def test_cis_profile_starts_on_a_prepared_host(solo):
+    assert sh(solo, "getent passwd etcd && getent group etcd", check=False).returncode == 0
+    solo_config(solo, "profile: cis")
+    log = solo.path(DATA_DIR + "/server/logs/rke2.log")
+    before = len(log.read_text().splitlines())
+    set_sysctls(solo, **CIS_OK)
+    try:
+        assert "Started rke2-server" in sh(solo, "service rke2-server start", timeout=90).stdout
+    finally:
+        set_sysctls(solo)
+    this_start = "\n".join(log.read_text().splitlines()[before:])
+    assert "Starting rke2 %s" % OLD in this_start and "level=fatal" not in this_start
+    assert "not running in CIS mode" not in this_start
+
+
+def test_killall_and_uninstall_use_rke2_data_dir_like_the_real_scripts(solo):
+    # The scripts do not read config.yaml: with the default data dir the node's etcd is not found.
+    sh(solo, "rke2-killall.sh")
+    left = rke2_processes(solo)
+    assert left and all("bin/etcd " in line for line in left), left
+    sh(solo, "RKE2_DATA_DIR=%s rke2-killall.sh" % DATA_DIR)
+    assert rke2_processes(solo) == []
+    sh(solo, "RKE2_DATA_DIR=%s rke2-uninstall.sh" % DATA_DIR)
+    for path in (DATA_DIR, "/usr/local/bin/rke2", "/etc/rancher", "/run/rke2", "/etc/init.d/rke2-server"):
+        assert sh(solo, "test -e %s" % path, check=False).returncode == 1, path
+
+
+# --------------------------------------------------------------------------------------------------------------
+# under real systemd (systemd-nspawn hosts): the units' semantics with the stand-in process
+
+
+def push_bundle(host, bundle):
+    """Copy a bundle into a systemd host (its /var/tmp is private): /opt/standin/<bundle name>."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        tar.add(str(bundle), arcname=bundle.name)
+    proc = host.run(
+        ["sh", "-c", "mkdir -p /opt/standin && base64 -d | tar xzf - -C /opt/standin"],
+        input=base64.b64encode(buf.getvalue()).decode(),
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return "/opt/standin/" + bundle.name
+
+
+def invocation_lines(host, unit):
+    """The journal lines of the unit's current (or last) start only."""
+    invocation = host.systemctl("show", "-p", "InvocationID", "--value", unit).stdout.strip()
+    assert invocation, unit
+    # The process's own lines carry _SYSTEMD_INVOCATION_ID, systemd's lines about the unit INVOCATION_ID.
+    out = host.run(
+        ["journalctl", "--no-pager", "-o", "cat", "_SYSTEMD_INVOCATION_ID=" + invocation, "+", "INVOCATION_ID=" + invocation]
+    )
+    return out.stdout
+
+
+def unit_state(host, unit):
+    props = host.systemctl("show", "-p", "ActiveState,SubState,NRestarts,MainPID,StatusText", unit).stdout
+    return dict(line.split("=", 1) for line in props.splitlines() if "=" in line)
+
+
+def timed_start(host, unit, action="start"):
+    begin = time.monotonic()
+    proc = host.systemctl(action, unit, timeout=120)
+    return proc, time.monotonic() - begin
+
+
+def etcd_pids(host):
+    out = sh(host, "ps -eo pid=,args=", check=False).stdout
+    return [int(line.split()[0]) for line in out.splitlines() if " /usr/bin/etcd " in " " + line.strip() + " "]
+
+
+@pytest.fixture(scope="module")
+def sd_hosts(systemd_host_network, bundles):
+    created = systemd_host_network.add_hosts(2)
+    for host, role in zip(created, ("server", "agent")):
+        path = push_bundle(host, bundles[OLD])
+        proc = sh(
+            host,
+            "INSTALL_RKE2_ARTIFACT_PATH=%s INSTALL_RKE2_VERSION='%s' INSTALL_RKE2_TYPE=%s INSTALL_RKE2_METHOD=tar"
+            " sh %s/install.sh" % (path, OLD, role, path),
+        )
+        assert "SysV" not in proc.stdout
+    yield created
+    for host in created:
+        if host.alive:
+            host.run(["sh", "-c", "/usr/local/bin/rke2-killall.sh >/dev/null 2>&1 || true"], timeout=60)
+        systemd_host_network.destroy_host(host)
+
+
+SD_START_DELAY = 5.0
+
+
+def test_systemd_units_have_the_real_semantics(sd_hosts):
+    server = sd_hosts[0]
+    unit = server.systemctl("cat", "rke2-server.service").stdout
+    assert "/usr/local/lib/systemd/system/rke2-server.service" in unit
+    props = server.systemctl(
+        "show", "-p", "Type,NotifyAccess,KillMode,Restart,RestartUSec,TimeoutStartUSec,Delegate,ExecCondition",
+        "rke2-server.service",
+    ).stdout  # fmt: skip
+    for expected in (
+        "Type=notify",
+        "NotifyAccess=main",
+        "KillMode=process",
+        "Restart=always",
+        "RestartUSec=5s",
+        "TimeoutStartUSec=infinity",
+        "Delegate=yes",
+        "systemctl is-active --quiet rke2-agent.service",
+    ):
+        assert expected in props, props
+    assert not server.path("/etc/init.d/rke2-server").exists()
+
+
+def test_systemd_start_that_dies_before_ready_fails_with_the_reason_in_the_journal(sd_hosts):
+    server = sd_hosts[0]
+    write_config(server, ["token: %s" % TOKEN, "node-ip: %s" % server.ip, "profile: cis-1.6"])
+    proc, seconds = timed_start(server, "rke2-server")
+    assert proc.returncode != 0 and seconds < 30, (proc, seconds)
+    lines = invocation_lines(server, "rke2-server")
+    assert 'level=fatal msg="invalid value provided for --profile flag"' in lines
+    assert "Main process exited, code=exited, status=1/FAILURE" in lines
+    # Restart=always: the unit keeps trying every 5 s until it is stopped.
+    assert unit_state(server, "rke2-server")["ActiveState"] in ("activating", "failed")
+    server.systemctl("stop", "rke2-server")
+    server.systemctl("reset-failed", "rke2-server")
+    assert etcd_pids(server) == []
+
+
+def test_systemd_start_blocks_until_rke2_is_ready(sd_hosts, state):
+    server = sd_hosts[0]
+    sh(server, "echo RKE2_STANDIN_SERVER_START_DELAY=%g > /etc/default/rke2-server" % SD_START_DELAY)
+    write_config(server, ["token: %s" % TOKEN, "node-ip: %s" % server.ip])
+    proc, seconds = timed_start(server, "rke2-server")
+    assert proc.returncode == 0, proc.stderr
+    assert seconds >= SD_START_DELAY, seconds
+    status = unit_state(server, "rke2-server")
+    assert status["ActiveState"] == "active" and status["StatusText"] == "rke2 server is up and running"
+    ready = sh(
+        server,
+        "%s --kubeconfig %s get node %s -o jsonpath='{.status.conditions[?(@.type==\"Ready\")].status}'"
+        % (RKE2_KUBECTL, KUBECONFIG, server.name),
+    ).stdout
+    assert ready == "True"
+    lines = invocation_lines(server, "rke2-server")
+    # The process's logrus lines are in the journal; the unit became active only after READY=1.
+    assert 'level=info msg="rke2 is up and running"' in lines
+    assert lines.index("rke2 is up and running") < lines.index("Started rke2-server.service")
+    assert not server.path("/var/lib/rancher/rke2/server/logs/rke2.log").exists()
+    # etcd runs in the unit's cgroup without the notification socket, and sent nothing (with the default
+    # NotifyAccess=main systemd would log "Got notification message from PID ..." for it).
+    (etcd_pid,) = etcd_pids(server)
+    assert "rke2-server.service" in sh(server, "cat /proc/%d/cgroup" % etcd_pid).stdout
+    assert "NOTIFY_SOCKET=" not in sh(server, "tr '\\0' '\\n' < /proc/%d/environ" % etcd_pid).stdout
+    assert "notification message" not in server.journal("rke2-server.service")
+    state["sd_node_token"] = server.path("/var/lib/rancher/rke2/server/node-token").read_text().strip()
+
+
+def test_systemd_notify_access_all_still_waits_for_rke2(sd_hosts):
+    """With NotifyAccess=all a READY=1 from etcd would end the start early: a fresh etcd is ready in about a
+    second, rke2 only after the start delay."""
+    server = sd_hosts[0]
+    sh(server, "rke2-killall.sh >/dev/null")
+    assert etcd_pids(server) == []
+    sh(server, "mkdir -p /etc/systemd/system/rke2-server.service.d && printf '[Service]\\nNotifyAccess=all\\n'"
+               " > /etc/systemd/system/rke2-server.service.d/notify.conf && systemctl daemon-reload")  # fmt: skip
+    try:
+        proc, seconds = timed_start(server, "rke2-server")
+        assert proc.returncode == 0, proc.stderr
+        assert seconds >= SD_START_DELAY, seconds
+        assert "Running etcd" in invocation_lines(server, "rke2-server")
+    finally:
+        sh(server, "rm -rf /etc/systemd/system/rke2-server.service.d && systemctl daemon-reload")
+
+
+def test_systemd_agent_and_exec_condition(sd_hosts, state):
+    server, agent = sd_hosts
+    write_config(agent, ["server: https://%s:9345" % server.ip, "token: %s" % state["sd_node_token"]])
+    proc, _ = timed_start(agent, "rke2-agent")
+    assert proc.returncode == 0, proc.stderr
+    assert unit_state(agent, "rke2-agent")["StatusText"] == "rke2 agent is up and running"
+    assert 'msg="rke2 agent is up and running"' in invocation_lines(agent, "rke2-agent")
+    # The other type is skipped while one runs (ExecCondition=), and the start still succeeds.
+    proc = agent.systemctl("start", "rke2-server")
+    assert proc.returncode == 0
+    assert unit_state(agent, "rke2-server")["ActiveState"] == "inactive"
+    journal = agent.journal("rke2-server.service")
+    assert "Error: rke2-agent is running!" in journal and "Skipped due to 'exec-condition'" in journal
+
+
+def test_systemd_stop_leaves_etcd_and_a_killed_rke2_is_restarted(sd_hosts):
+    server = sd_hosts[0]
+    (etcd_pid,) = etcd_pids(server)
+    server.systemctl("stop", "rke2-server", check=True)
+    assert unit_state(server, "rke2-server")["ActiveState"] == "inactive"
+    assert etcd_pids(server) == [etcd_pid]  # KillMode=process
+    proc, _ = timed_start(server, "rke2-server")
+    assert proc.returncode == 0
+    assert "Found running etcd, reusing it" in invocation_lines(server, "rke2-server")
+    before = unit_state(server, "rke2-server")
+    sh(server, "kill -KILL %s" % before["MainPID"])
+    wait_for(
+        lambda: (s := unit_state(server, "rke2-server"))["ActiveState"] == "active"
+        and s["MainPID"] != before["MainPID"],
+        30,
+        "Restart=always to start rke2 again",
+    )
+    assert int(unit_state(server, "rke2-server")["NRestarts"]) == int(before["NRestarts"]) + 1
+
+
+def test_systemd_token_change_fails_every_restart(sd_hosts):
+    server = sd_hosts[0]
+    write_config(server, ["token: another-secret", "node-ip: %s" % server.ip])
+    proc, _ = timed_start(server, "rke2-server", "restart")
+    assert proc.returncode != 0
+    lines = invocation_lines(server, "rke2-server")
+    assert "bootstrap data already found and encrypted with different token" in lines
+    restarts = int(unit_state(server, "rke2-server")["NRestarts"])
+    wait_for(
+        lambda: int(unit_state(server, "rke2-server")["NRestarts"]) > restarts, 20, "the unit to try again"
+    )
+    write_config(server, ["token: %s" % TOKEN, "node-ip: %s" % server.ip])
+    proc, _ = timed_start(server, "rke2-server", "restart")
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_systemd_killall_stops_the_units_and_uninstall_removes_them(sd_hosts):
+    for host, unit in zip(sd_hosts, ("rke2-server", "rke2-agent")):
+        sh(host, "rke2-killall.sh >/dev/null")
+        assert unit_state(host, unit)["ActiveState"] in ("inactive", "failed")
+        assert rke2_processes(host) == []
+        sh(host, "rke2-uninstall.sh >/dev/null")
+        assert host.systemctl("cat", unit).returncode != 0
+        assert sh(host, "test -e /var/lib/rancher/rke2 || test -e /usr/local/bin/rke2", check=False).returncode == 1
