@@ -104,9 +104,7 @@ def _hosts_factory(network: HostNetwork) -> Iterator[MakeHosts]:
         return network.add_hosts(n, names=names)
 
     yield factory
-    for host in network.hosts:
-        if host not in existing:
-            network.destroy_host(host)
+    network.destroy_hosts([host for host in network.hosts if host not in existing])
 
 
 def _ansible_env(network: HostNetwork) -> Iterator[dict[str, str]]:

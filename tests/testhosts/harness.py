@@ -59,6 +59,14 @@ Teardown order (per host, and for the whole network)
    claim only if :func:`instance_leftovers` finds nothing left (no namespace, link, route, socket, process
    or mount).
 
+Flavours
+========
+
+``HostNetwork(flavour="systemd")`` (see :mod:`tests.testhosts.systemd`) runs real systemd as PID 1 in each
+host, booted with ``systemd-nspawn`` from a cached Debian root instead of overlays of this machine's
+directories; the network, names, keys, claims and teardown order are the same, with one more step: each host
+lives in the cgroup ``/thn<X>/h<slot>``, which is killed and removed before its namespace is deleted.
+
 Teardown also runs from ``atexit`` in the owning process; :func:`install_signal_teardown` adds SIGTERM and
 SIGHUP handling for processes that would otherwise die without running ``atexit``.
 """
@@ -1282,11 +1290,17 @@ class HostNetwork:
 
     def destroy_host(self, host: Host) -> None:
         """Stop the host, kill everything in it and remove its namespace, veth and files."""
+        self.destroy_hosts([host])
+
+    def destroy_hosts(self, hosts: Sequence[Host]) -> None:
+        """:meth:`destroy_host` for several hosts at once (they stop in parallel)."""
         with self._lock:
-            if self._hosts.get(host.slot) is not host:
-                raise HostNetworkError(f"{host!r} is not a live host of this network")
-            self._destroy([host])
-            self._publish_membership()
+            for host in hosts:
+                if self._hosts.get(host.slot) is not host:
+                    raise HostNetworkError(f"{host!r} is not a live host of this network")
+            if hosts:
+                self._destroy(list(hosts))
+                self._publish_membership()
 
     def recreate_host(self, host: Host) -> Host:
         """Destroy ``host`` and boot a fresh one with the same name and address (new files, new host key)."""

@@ -17,7 +17,7 @@ import yaml
 
 from tests.testhosts import cgroups, rootfs
 from tests.testhosts.fixtures import MakeHosts, require_test_hosts
-from tests.testhosts.harness import DEPLOY_USER, HostNetwork, instance_leftovers
+from tests.testhosts.harness import DEFAULT_CLAIMS_DIR, DEPLOY_USER, HostNetwork, cleanup_stale, instance_leftovers
 from tests.testhosts.systemd import SystemdHost
 
 pytestmark = pytest.mark.integration
@@ -380,3 +380,37 @@ def test_nine_hosts_boot_in_seconds() -> None:
     (ARTIFACTS / "systemd-hosts-boot.json").write_text(json.dumps(report) + "\n")
     print(f"9 systemd hosts: ssh-ready {ssh_ready:.2f}s, running {running:.2f}s")
     assert ssh_ready < 30
+
+
+def test_cli_serves_systemd_hosts_and_stale_cleanup_removes_them() -> None:
+    require_test_hosts("systemd")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tests.testhosts", "up", "--count", "2", "--flavour", "systemd"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    if not line:
+        proc.wait(timeout=30)
+        pytest.fail(f"the CLI exited with {proc.returncode}: {proc.stderr.read() if proc.stderr else ''}")
+    described = json.loads(line)
+    index, run_dir = int(described["index"]), str(described["run_dir"])
+    try:
+        assert described["flavour"] == "systemd"
+        login = subprocess.run(
+            [*described["hosts"][1]["ssh"].split(), "ps -p 1 -o comm=; hostname"],
+            capture_output=True, text=True, timeout=30, check=True,
+        )  # fmt: skip
+        assert login.stdout.split() == ["systemd", "node2"]
+    finally:
+        # The owner dies without tearing down: its hosts keep running until a stale cleanup (which another
+        # process starting a network may run first).
+        proc.kill()
+        proc.communicate(timeout=30)
+    removed = cleanup_stale()
+    assert index in [claim.index for claim in removed] or not (DEFAULT_CLAIMS_DIR / f"net-{index}.json").exists()
+    assert instance_leftovers(index, run_dir=run_dir) == []
+    assert cgroups.existing(f"thn{index}") == []
