@@ -237,6 +237,8 @@ REST_FRAMEWORK = {
 API_TOKEN_DEFAULT_DAYS = env.int("API_TOKEN_DEFAULT_DAYS", default=30)
 API_TOKEN_MAX_DAYS = env.int("API_TOKEN_MAX_DAYS", default=365)
 KNOX_TOKEN_MODEL = "clusters.APIToken"
+# knox's own migrations would create the table of its default token model, which the portal replaces.
+MIGRATION_MODULES = {"knox": None}
 REST_KNOX = {
     "TOKEN_MODEL": KNOX_TOKEN_MODEL,
     "TOKEN_TTL": timedelta(days=API_TOKEN_DEFAULT_DAYS),

@@ -30,10 +30,10 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fnmatch
 import hashlib
 import hmac
 import os
+import re
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -209,11 +209,16 @@ def _host_field_matches(host_field: str, name: str) -> bool:
     matched = False
     for pattern in host_field.lower().split(","):
         negated = pattern.startswith("!")
-        if fnmatch.fnmatchcase(name.lower(), pattern.lstrip("!")):
+        if _wildcard(pattern.lstrip("!")).fullmatch(name.lower()):
             if negated:
                 return False
             matched = True
     return matched
+
+
+def _wildcard(pattern: str) -> re.Pattern[str]:
+    """An ssh_config host pattern (``*`` and ``?`` are the only wildcards) as a regular expression."""
+    return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern))
 
 
 def _stored_keys(row: HostKey) -> tuple[PublicKey, ...]:
