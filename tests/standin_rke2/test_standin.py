@@ -260,8 +260,10 @@ def _validate(role, cfg, version, proc_sys):
             {"kernel_panic": 0, "vm_overcommit_memory": 0},
             (
                 1,
-                "fatal: invalid kernel parameter value vm.overcommit_memory=0 - expected 1\n"
-                "invalid kernel parameter value kernel.panic=0 - expected 10\n",
+                (
+                    "fatal: invalid kernel parameter value vm.overcommit_memory=0 - expected 1\n"
+                    "invalid kernel parameter value kernel.panic=0 - expected 10\n"
+                ),
             ),
         ),
         (OLD, "cis-1.23", {}, (1, "fatal: cis-1.23 profile is deprecated. Please use 'cis' instead.")),
@@ -379,7 +381,7 @@ def test_installer_verifies_checksum_and_version(hosts, bundles, workdir):
 
 
 def test_install_unpacks_tarball_and_sysv_scripts_without_starting(hosts, bundles):
-    for host, role in zip(hosts, ("server", "server", "server", "agent")):
+    for host, role in zip(hosts, ("server", "server", "server", "agent"), strict=True):
         proc = install(host, bundles[OLD], OLD, role)
         assert proc.returncode == 0, proc.stderr
         assert "unpacking tarball file to /usr/local" in proc.stdout
@@ -1008,7 +1010,15 @@ def invocation_lines(host, unit):
     assert invocation, unit
     # The process's own lines carry _SYSTEMD_INVOCATION_ID, systemd's lines about the unit INVOCATION_ID.
     out = host.run(
-        ["journalctl", "--no-pager", "-o", "cat", "_SYSTEMD_INVOCATION_ID=" + invocation, "+", "INVOCATION_ID=" + invocation]
+        [
+            "journalctl",
+            "--no-pager",
+            "-o",
+            "cat",
+            "_SYSTEMD_INVOCATION_ID=" + invocation,
+            "+",
+            "INVOCATION_ID=" + invocation,
+        ]
     )
     return out.stdout
 
@@ -1032,7 +1042,7 @@ def etcd_pids(host):
 @pytest.fixture(scope="module")
 def sd_hosts(systemd_host_network, bundles):
     created = systemd_host_network.add_hosts(2)
-    for host, role in zip(created, ("server", "agent")):
+    for host, role in zip(created, ("server", "agent"), strict=True):
         path = push_bundle(host, bundles[OLD])
         proc = sh(
             host,
@@ -1160,8 +1170,9 @@ def test_systemd_stop_leaves_etcd_and_a_killed_rke2_is_restarted(sd_hosts):
     before = unit_state(server, "rke2-server")
     sh(server, "kill -KILL %s" % before["MainPID"])
     wait_for(
-        lambda: (s := unit_state(server, "rke2-server"))["ActiveState"] == "active"
-        and s["MainPID"] != before["MainPID"],
+        lambda: (
+            (s := unit_state(server, "rke2-server"))["ActiveState"] == "active" and s["MainPID"] != before["MainPID"]
+        ),
         30,
         "Restart=always to start rke2 again",
     )
@@ -1176,16 +1187,14 @@ def test_systemd_token_change_fails_every_restart(sd_hosts):
     lines = invocation_lines(server, "rke2-server")
     assert "bootstrap data already found and encrypted with different token" in lines
     restarts = int(unit_state(server, "rke2-server")["NRestarts"])
-    wait_for(
-        lambda: int(unit_state(server, "rke2-server")["NRestarts"]) > restarts, 20, "the unit to try again"
-    )
+    wait_for(lambda: int(unit_state(server, "rke2-server")["NRestarts"]) > restarts, 20, "the unit to try again")
     write_config(server, ["token: %s" % TOKEN, "node-ip: %s" % server.ip])
     proc, _ = timed_start(server, "rke2-server", "restart")
     assert proc.returncode == 0, proc.stderr
 
 
 def test_systemd_killall_stops_the_units_and_uninstall_removes_them(sd_hosts):
-    for host, unit in zip(sd_hosts, ("rke2-server", "rke2-agent")):
+    for host, unit in zip(sd_hosts, ("rke2-server", "rke2-agent"), strict=True):
         sh(host, "rke2-killall.sh >/dev/null")
         assert unit_state(host, unit)["ActiveState"] in ("inactive", "failed")
         assert rke2_processes(host) == []

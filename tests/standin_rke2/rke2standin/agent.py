@@ -118,7 +118,9 @@ class Agent:
             self.sleep(delay)
         ctx = httputil.client_context(self.paths.agent_ca, self.paths.kubelet_crt, self.paths.kubelet_key)
         ctx.check_hostname = False
-        kubelet = node.Kubelet(self.node_info(), endpoints, ctx, lb_file=self.paths.lb_file)
+        kubelet = node.Kubelet(
+            self.node_info(), endpoints, ctx, lb_file=self.paths.lb_file, images_dir=self.paths.images
+        )
         while True:
             try:
                 kubelet.register()

@@ -118,7 +118,7 @@ def main(argv=None):
                 Agent(cfg, knobs, build).run()
         except (SystemExit, KeyboardInterrupt):
             raise
-        except Exception as exc:  # noqa: BLE001 - the reason must reach the journal / log before exiting 1
+        except Exception as exc:
             for line in traceback.format_exc().rstrip().splitlines():
                 log.debug(line)
             log.fatal("%s: %s" % (type(exc).__name__, exc))

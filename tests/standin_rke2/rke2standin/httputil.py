@@ -4,7 +4,6 @@ import base64
 import http.client
 import http.server
 import json
-import socket
 import socketserver
 import ssl
 import threading
@@ -117,7 +116,7 @@ class JSONHandler(http.server.BaseHTTPRequestHandler):
     def setup(self):
         try:
             self.request.do_handshake()
-        except (ssl.SSLError, OSError, socket.timeout):
+        except (TimeoutError, ssl.SSLError, OSError):
             self.close_connection = True
             self.rfile = self.wfile = None
             raise ConnectionAbortedError from None
@@ -126,7 +125,7 @@ class JSONHandler(http.server.BaseHTTPRequestHandler):
     def handle(self):
         try:
             super().handle()
-        except (ConnectionError, ssl.SSLError, socket.timeout, OSError):
+        except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
             self.close_connection = True
 
     def log_message(self, fmt, *args):  # silence default access log

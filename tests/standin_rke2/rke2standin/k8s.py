@@ -8,12 +8,12 @@ import uuid
 
 def now_rfc3339(ts=None):
     ts = time.time() if ts is None else ts
-    return datetime.datetime.fromtimestamp(int(ts), datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.fromtimestamp(int(ts), datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def now_micro(ts=None):
     ts = time.time() if ts is None else ts
-    return datetime.datetime.fromtimestamp(ts, datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    return datetime.datetime.fromtimestamp(ts, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def parse_time(text):
@@ -22,7 +22,7 @@ def parse_time(text):
     text = text.rstrip("Z")
     for fmt in ("%Y-%m-%dT%H:%M:%S.%f", "%Y-%m-%dT%H:%M:%S"):
         try:
-            return datetime.datetime.strptime(text, fmt).replace(tzinfo=datetime.timezone.utc).timestamp()
+            return datetime.datetime.strptime(text, fmt).replace(tzinfo=datetime.UTC).timestamp()
         except ValueError:
             continue
     return 0.0
@@ -182,11 +182,11 @@ def parse_field_selector(text):
         if not term:
             continue
         if "!=" in term:
-            path, value = term.split("!=", 1)
-            checks.append(lambda obj, p=path.strip(), v=value.strip(): _field(obj, p) != v)
+            path, value = (part.strip() for part in term.split("!=", 1))
+            checks.append(lambda obj, p=path, v=value: _field(obj, p) != v)
         else:
-            path, value = term.replace("==", "=").split("=", 1)
-            checks.append(lambda obj, p=path.strip(), v=value.strip(): _field(obj, p) == v)
+            path, value = (part.strip() for part in term.replace("==", "=").split("=", 1))
+            checks.append(lambda obj, p=path, v=value: _field(obj, p) == v)
     return lambda obj: all(check(obj) for check in checks)
 
 

@@ -288,12 +288,7 @@ def parse_taints(items):
 def redacted_args(role, cfg):
     args = [role]
     for key in sorted(cfg):
-        if (
-            key in ("token", "agent-token")
-            or "secret" in key
-            or key.startswith("etcd-s3-access")
-            or (key.startswith("etcd-s3-secret"))
-        ):
+        if key in ("token", "agent-token") or "secret" in key or key.startswith(("etcd-s3-access", "etcd-s3-secret")):
             args.extend(["--" + key, "********"])
             continue
         values = cfg[key] if isinstance(cfg[key], list) else [cfg[key]]

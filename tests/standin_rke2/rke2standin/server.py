@@ -531,7 +531,7 @@ class Server:
             log.info("Waiting for static pods to start", seconds=round(delay, 1))
             self.sleep(delay)
         ctx = httputil.client_context(self.tls("server-ca.crt"), self.paths.kubelet_crt, self.paths.kubelet_key)
-        kubelet = node.Kubelet(self.node_info(), ["https://127.0.0.1:6443"], ctx)
+        kubelet = node.Kubelet(self.node_info(), ["https://127.0.0.1:6443"], ctx, images_dir=self.paths.images)
         while True:
             try:
                 kubelet.register()

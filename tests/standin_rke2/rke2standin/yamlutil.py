@@ -23,7 +23,7 @@ _KEY_RE = re.compile(r"^([A-Za-z0-9_.+-]+)\s*:(?:\s+(.*)|$)")
 
 def load(text):
     try:
-        import yaml  # noqa: PLC0415 - optional on the target
+        import yaml
     except ImportError:
         return load_subset(text)
     try:
