@@ -19,7 +19,10 @@ differs is what runs inside a host:
   first, and the harness removes the veth, the namespace and the host's neighbour entry.
 
 Inside a host: cgroup v1 hybrid, so ``MemoryMax``/``CPUQuota`` are accepted but not enforced; ``/sys`` and
-``/proc/sys`` are read-only except ``net.*``; ``modprobe`` of a module this machine has not loaded fails.
+``/proc/sys`` are read-only (``sysctl -w`` fails with "permission denied", ``net.*`` included); ``modprobe``
+fails for every module when this machine has no ``/lib/modules`` (its kernel has what it needs built in). The
+host's root holds ``CAP_NET_ADMIN`` in its own network namespace (nftables, links, routes), not
+``CAP_SYS_ADMIN``.
 """
 
 from __future__ import annotations
@@ -400,6 +403,7 @@ class SystemdHostNetwork(HostNetwork):
             f"--network-namespace-path=/run/netns/{host.namespace}",
             "--console=passive", "--resolv-conf=off", "--timezone=off", "--link-journal=no",
             "--tmpfs=/var/tmp:mode=1777", f"--bind-ro={KUBECTL}",
+            "--capability=CAP_NET_ADMIN",
         ]  # fmt: skip
         overlay = f"lowerdir={self.root_path},upperdir={host.root_dir},workdir={host.work_dir}"
         inner = "\n".join(

@@ -105,6 +105,10 @@ def test_hosts_boot_systemd_and_accept_ssh(make_systemd_hosts: MakeHosts) -> Non
         assert host.run(["etcd", "--version"], check=True).stdout.startswith("etcd Version")
         assert "Client Version" in host.run(["kubectl", "version", "--client"], check=True).stdout
         assert host.ssh(["test", "-w", "/usr/bin/kubectl"]).returncode != 0
+    # What a container cannot do, and playbooks must report: kernel parameters; its own network it may change.
+    denied = hosts[0].ssh("sysctl -w vm.overcommit_memory=1")
+    assert denied.returncode != 0 and "permission denied" in denied.stderr
+    assert hosts[0].ssh("nft add table inet probe && nft delete table inet probe").returncode == 0
     assert len(machine_ids) == 3
     keys = {host.run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"], check=True).stdout for host in hosts}
     assert len(keys) == 3
