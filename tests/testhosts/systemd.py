@@ -203,14 +203,34 @@ class SystemdHost(Host):
     def systemctl(self, *args: str, check: bool = False, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         return self.run(["systemctl", "--no-pager", *args], check=check, timeout=timeout)
 
-    def journal(self, unit: str | None = None, *, since: str | None = None, output: str = "cat") -> str:
-        """The host's journal of this boot (of ``unit`` if given) as text; ``output`` is journalctl's ``-o``."""
+    def journal(
+        self,
+        unit: str | None = None,
+        *,
+        since: str | None = None,
+        after_cursor: str | None = None,
+        output: str = "cat",
+    ) -> str:
+        """The host's journal of this boot (of ``unit`` if given) as text; ``output`` is journalctl's ``-o``.
+
+        ``after_cursor`` (from :meth:`journal_cursor`) keeps only entries written after that point.
+        """
         argv = ["journalctl", "--no-pager", "--boot", "-o", output]
         if unit is not None:
             argv += ["-u", unit]
         if since is not None:
             argv += ["--since", since]
+        if after_cursor is not None:
+            argv += ["--after-cursor", after_cursor]
         return self.run(argv, check=True).stdout
+
+    def journal_cursor(self) -> str:
+        """The cursor of the newest journal entry, for ``journal(after_cursor=...)``."""
+        out = self.run(["journalctl", "--no-pager", "-n", "1", "-o", "export", "--output-fields=__CURSOR"], check=True)
+        for line in out.stdout.splitlines():
+            if line.startswith("__CURSOR="):
+                return line.removeprefix("__CURSOR=")
+        raise HostNetworkError(f"host {self.name} has an empty journal")
 
     def boot_id(self) -> str:
         return self.run(["cat", "/proc/sys/kernel/random/boot_id"], check=True).stdout.strip()

@@ -150,6 +150,11 @@ def test_notify_unit_start_blocks_until_ready_and_logs_to_the_journal(make_syste
     assert "notify-demo starting" in journal and "notify-demo ready" in journal
     assert "notify-demo ready" in host.journal("notify-demo.service")
 
+    cursor = host.journal_cursor()
+    host.ssh("systemctl restart notify-demo.service", check=True)
+    assert host.journal("notify-demo.service", after_cursor=cursor).count("notify-demo ready") == 1
+    assert host.journal("notify-demo.service").count("notify-demo ready") == 2
+
     # A main process that exits before READY=1 fails the start at once, with its output in the journal.
     host.ssh(
         ["tee", "/etc/systemd/system/broken-demo.service"],
