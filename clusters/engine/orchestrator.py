@@ -194,8 +194,8 @@ class StageOrchestrator:
             self._stage_failed(stage, outcome, result.node_ids)
             if outcome.status == "canceled":
                 return JobStatus.CANCELED, self._cancel_explanation(stage)
-            return JobStatus.FAILED, f"Stage {stage} failed: {outcome.explanation}".strip()
-        return JobStatus.SUCCESSFUL, self._success_explanation()
+            return JobStatus.FAILED, f"Stage {stage} failed: {outcome.explanation}".strip() + self._warnings_text()
+        return JobStatus.SUCCESSFUL, self._success_explanation() + self._warnings_text()
 
     # One stage.
 
@@ -391,8 +391,15 @@ class StageOrchestrator:
             self.facts.setdefault("rke2_node_ready", {}).update(ready)
             if self.job.kind in (JobKind.HEALTH, JobKind.INSTALL, JobKind.UPGRADE, JobKind.SCALE_ADD):
                 state.nodes_apply_readiness(self.cluster.pk, ready, self.job)
+        warnings = data.get("rke2_warnings")
+        if isinstance(warnings, dict):
+            # {host: [message]} of every stage: a host's messages are kept once each, in order.
+            known = self.facts.setdefault("rke2_warnings", {})
+            for host, messages in warnings.items():
+                listed = known.setdefault(str(host), [])
+                listed.extend(str(item) for item in messages or [] if str(item) not in listed)
         for key, value in data.items():
-            if key not in ("rke2_installed_versions", "rke2_node_ready"):
+            if key not in ("rke2_installed_versions", "rke2_node_ready", "rke2_warnings"):
                 self.facts[key] = value
 
     def _record_host_summaries(self, outcome: RunOutcome) -> None:
@@ -482,6 +489,12 @@ class StageOrchestrator:
             done = f" after stage {stage}" if self.results else ""
             return f"Canceled{who}{done}; stage {next_stage} did not start."
         return f"Canceled{who} during stage {stage}; the playbook was stopped."
+
+    def _warnings_text(self) -> str:
+        """What the playbooks warned about (kernel modules or parameters a host lacks, say), one sentence per host."""
+        warnings = self.facts.get("rke2_warnings") or {}
+        lines = [f"{host}: {' '.join(messages)}" for host, messages in sorted(warnings.items()) if messages]
+        return (" Warnings: " + " ".join(lines)) if lines else ""
 
     def _success_explanation(self) -> str:
         done = ", ".join(result.stage for result in self.results)
