@@ -638,7 +638,7 @@ def _allocate(claims_dir: Path, run_base: Path) -> Claim:
             if index in claimed:
                 continue
             names = _Names(index)
-            if names.existing_links() or names.existing_namespaces():
+            if names.existing_links() or names.existing_namespaces() or cgroups.existing(names.prefix):
                 continue
             if names.routes(routes):
                 continue

@@ -325,7 +325,8 @@ def test_recreated_host_is_reachable_at_once(make_systemd_hosts: MakeHosts, syst
     elapsed = time.monotonic() - started
 
     assert from_machine.stdout.strip() == fresh.name and from_peer.returncode == 0
-    assert elapsed < 3, f"the recreated host took {elapsed:.1f}s to answer"
+    # With a new MAC address the neighbour caches kept the old one: about 38 s without an answer.
+    assert elapsed < 5, f"the recreated host took {elapsed:.1f}s to answer"
     assert fresh.host_public_key != old_key and fresh.known_hosts_line in systemd_host_network.known_hosts_text
     assert fresh.ssh(["test", "!", "-e", "/etc/marker"]).returncode == 0
 
