@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -13,8 +14,17 @@ import pytest
 from .playbooks import ANSIBLE_DIR
 
 PLAYBOOKS = (
-    "preflight.yml", "initial_master.yml", "joining_masters.yml", "workers.yml", "all.yml", "scale_add.yml",
-    "scale_remove.yml", "upgrade.yml", "kubeconfig.yml", "uninstall.yml", "health.yml",
+    "preflight.yml",
+    "initial_master.yml",
+    "joining_masters.yml",
+    "workers.yml",
+    "all.yml",
+    "scale_add.yml",
+    "scale_remove.yml",
+    "upgrade.yml",
+    "kubeconfig.yml",
+    "uninstall.yml",
+    "health.yml",
 )
 
 
@@ -31,6 +41,23 @@ def test_roles_declare_their_arguments() -> None:
     assert roles == ["rke2_agent", "rke2_common", "rke2_server"]
     for role in roles:
         assert (ANSIBLE_DIR / "roles" / role / "meta" / "argument_specs.yml").is_file(), role
+
+
+def test_rke2_paths_come_from_the_node_config() -> None:
+    """RKE2's default data directory and kubeconfig path appear only as the fallbacks of `data-dir` and
+    `write-kubeconfig`, never as a path a task uses directly."""
+    fallback = re.compile(
+        r"default\('(/var/lib/rancher/rke2|/etc/rancher/rke2/rke2\.yaml)', true\)|^rke2_common_default_data_dir: /var/lib/rancher/rke2$"
+    )
+    found = []
+    for path in sorted(ANSIBLE_DIR.rglob("*")):
+        if path.suffix not in (".yml", ".j2") or path.name == "argument_specs.yml":
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            rest = fallback.sub("", line)
+            if "/var/lib/rancher/rke2" in rest or "/etc/rancher/rke2/rke2.yaml" in rest:
+                found.append(f"{path.relative_to(ANSIBLE_DIR)}:{number}: {line.strip()}")
+    assert found == []
 
 
 @pytest.mark.slow
