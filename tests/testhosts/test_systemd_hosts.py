@@ -424,3 +424,15 @@ def test_cli_serves_systemd_hosts_and_stale_cleanup_removes_them() -> None:
     assert index in [claim.index for claim in removed] or not (DEFAULT_CLAIMS_DIR / f"net-{index}.json").exists()
     assert instance_leftovers(index, run_dir=run_dir) == []
     assert cgroups.existing(f"thn{index}") == []
+
+
+def test_missing_systemd_prerequisites_skip_locally_and_fail_under_ci(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(
+        "tests.testhosts.systemd.missing_systemd_prerequisites", lambda: ("/usr/bin/systemd-nspawn not found",)
+    )
+    monkeypatch.delenv("CI", raising=False)
+    with pytest.raises(pytest.skip.Exception, match="systemd-nspawn not found"):
+        require_test_hosts("systemd")
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="systemd-nspawn not found"):
+        require_test_hosts("systemd")
