@@ -498,7 +498,18 @@ class StageOrchestrator:
 
     def _success_explanation(self) -> str:
         done = ", ".join(result.stage for result in self.results)
-        return f"Completed: {done}."
+        return f"Completed: {done}.{_cni_notice(self.facts.get('rke2_waiting_for_cni'))}"
+
+
+def _cni_notice(waiting: Any) -> str:
+    """What a cluster without a CNI (cni: none) needs next: its nodes are registered but NotReady until one runs."""
+    if not isinstance(waiting, list) or not waiting:
+        return ""
+    names = ", ".join(str(name) for name in waiting)
+    return (
+        f" The cluster has no CNI (cni: none): its nodes ({names}) are registered and etcd is healthy, but the nodes"
+        " wait for a CNI and stay NotReady until one is installed; run a health check afterwards."
+    )
 
 
 def _completed(outcome: RunOutcome, hostname: str) -> bool:

@@ -64,7 +64,9 @@ def cluster_hosts(host_network):
 def sh(host, script, timeout=60, check=True):
     proc = host.run(["sh", "-c", script], timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError("%s: %r failed (%d): %s %s" % (host.name, script, proc.returncode, proc.stdout, proc.stderr))
+        raise AssertionError(
+            "%s: %r failed (%d): %s %s" % (host.name, script, proc.returncode, proc.stdout, proc.stderr)
+        )
     return proc
 
 
@@ -207,7 +209,8 @@ def test_calico_needs_its_image_archive_and_udp_4789(cluster_hosts, bundle, core
     assert "rke2-images-calico.linux-amd64.tar.zst" in waiting["message"]
     assert calico["status"]["phase"] == "Pending"
     assert pods(first, "k8s-app=kube-dns") and all(
-        p["status"]["phase"] == "Pending" and not p["spec"].get("nodeName") for p in pods(first, "k8s-app=kube-dns").values()
+        p["status"]["phase"] == "Pending" and not p["spec"].get("nodeName")
+        for p in pods(first, "k8s-app=kube-dns").values()
     )
 
     for host in hosts:
@@ -262,7 +265,9 @@ def test_without_cni_nodes_wait_until_one_is_installed(cluster_hosts, bundle):
         },
     }
     proc = first.run(
-        [KUBECTL, "--kubeconfig", KUBECONFIG, "create", "--validate=false", "-f", "-"], input=json.dumps(manifest), timeout=60
+        [KUBECTL, "--kubeconfig", KUBECONFIG, "create", "--validate=false", "-f", "-"],
+        input=json.dumps(manifest),
+        timeout=60,
     )
     assert proc.returncode == 0, proc.stderr
     wait_for(lambda: all(c["status"] == "True" for c in nodes(first).values()), "nodes Ready with the new CNI")
