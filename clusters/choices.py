@@ -73,6 +73,7 @@ class JobKind(models.TextChoices):
     UNINSTALL = "uninstall", "Uninstall"
     FETCH_KUBECONFIG = "fetch_kubeconfig", "Fetch kubeconfig"
     HEALTH = "health", "Health check"
+    ADOPT = "adopt", "Adopt an imported cluster"
 
 
 class JobStatus(models.TextChoices):

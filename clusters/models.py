@@ -132,6 +132,15 @@ class Cluster(models.Model):
         SSHCredential, on_delete=models.PROTECT, null=True, blank=True, related_name="clusters",
         verbose_name="SSH credential",
     )
+    adoption_required = models.BooleanField(
+        default=False, editable=False,
+        help_text="Imported and not adopted yet: jobs that rewrite the configuration or restart RKE2 are refused "
+        "until an adopt job has read what runs on the nodes.",
+    )
+    adoption_report = models.JSONField(
+        default=dict, blank=True, editable=False,
+        help_text="What the last adopt job found on each node (version, install method, data-dir, kept keys).",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -261,6 +270,14 @@ class Node(models.Model):
         "Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="+", editable=False
     )
     installed_version = models.CharField(max_length=64, blank=True, editable=False)
+    running_config = EncryptedTextField(
+        blank=True, default="", editable=False,
+        help_text="The RKE2 config files an adopt job read on the node (JSON: file name to mapping). Encrypted.",
+    )
+    kept_config = EncryptedTextField(
+        blank=True, default="", editable=False,
+        help_text="Keys of the node's config.yaml the portal does not manage, kept on every render (JSON). Encrypted.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 

@@ -15,8 +15,9 @@ the cluster has an SSH credential), ``rke2_role``, ``rke2_type``, ``rke2_node_na
 Precedence of ``rke2_extra_config`` (the free-form RKE2 ``config.yaml`` keys), lowest first:
 
 1. the portal's defaults for the node's RKE2 type (:data:`DEFAULT_SERVER_CONFIG`, :data:`DEFAULT_AGENT_CONFIG`);
-2. ``Cluster.cluster_vars``;
-3. ``Node.node_vars``.
+2. ``Node.kept_config``: keys an adopt job found in the node's own ``config.yaml`` (imported clusters);
+3. ``Cluster.cluster_vars``;
+4. ``Node.node_vars``.
 
 A later layer replaces a key's whole value (lists are not concatenated). Two kinds of keys are then dropped:
 keys the portal sets from model fields (:data:`MANAGED_CONFIG_KEYS`: ``server``, ``token``, node identity, labels,
@@ -138,6 +139,7 @@ RENDER_FIELDS = (
     "labels",
     "taints",
     "node_vars",
+    "kept_config",
 )
 
 # Preference when choosing the API host among servers: running ones first, never-installed ones last.
@@ -300,7 +302,9 @@ def extra_config(node: Node, cluster: Cluster) -> dict[str, Any]:
     server-only keys on agents)."""
     is_server = node.role in _SERVERS
     merged: dict[str, Any] = dict(DEFAULT_SERVER_CONFIG if is_server else DEFAULT_AGENT_CONFIG)
-    for layer in (cluster.cluster_vars, node.node_vars):
+    # Keys an adopt job found in the node's own config.yaml that the portal does not manage: kept on every render.
+    kept = _kept_config(node)
+    for layer in (kept, cluster.cluster_vars, node.node_vars):
         if isinstance(layer, Mapping):
             merged.update(layer)
     result = {}
@@ -311,6 +315,12 @@ def extra_config(node: Node, cluster: Cluster) -> dict[str, Any]:
             continue
         result[key] = _plain(value)
     return result
+
+
+def _kept_config(node: Node) -> dict[str, Any]:
+    from clusters.services.adoption import kept_config_of
+
+    return kept_config_of(node)
 
 
 def node_vars(node: Node, *, cluster: Cluster, credential: SSHCredential | None) -> dict[str, Any]:

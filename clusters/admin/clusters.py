@@ -22,6 +22,7 @@ from ..choices import (
 from ..forms import ClusterForm, NodeInlineForm, NodeInlineFormSet, node_spec, service_error_dict
 from ..integrity import integrity_error_messages
 from ..models import CRITICAL_FIELDS, Cluster, Job, Node
+from ..services.adoption import adoption_differences, differences_text
 from ..services.audit import audit_record
 from ..services.clusters import (
     CLUSTER_FIELDS,
@@ -144,6 +145,7 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
         "action_add_nodes",
         "action_upgrade",
         "action_uninstall",
+        "action_adopt",
         "action_cancel",
     ]
     readonly_fields = (
@@ -154,6 +156,8 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
         "kubeconfig_state",
         "created_at",
         "updated_at",
+        "adoption_state",
+        "adoption_differences",
     )
 
     # --- list ----------------------------------------------------------------------------------------------------
@@ -232,6 +236,8 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
             ),
             ("Extra RKE2 configuration", {"fields": ("cluster_vars",), "classes": ("collapse",)}),
         ]
+        if obj is not None and (obj.adoption_required or obj.adoption_report):
+            fieldsets.append(("Adoption", {"fields": ("adoption_state", "adoption_differences")}))
         if obj is not None:
             fieldsets.insert(
                 1,
@@ -257,6 +263,18 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
             # changes with an upgrade job.
             fields += ("rke2_version", *CRITICAL_FIELDS)
         return fields
+
+    @admin.display(description="adoption")
+    def adoption_state(self, cluster: Cluster) -> str:
+        if cluster.adoption_required:
+            return "Imported, not adopted yet: run the adopt job before install, scale or upgrade jobs."
+        report = cluster.adoption_report or {}
+        changes = " ".join(report.get("changes") or [])
+        return f"Adopted by job #{report.get('job')} ({report.get('adopted_at', '')}). {changes}".strip()
+
+    @admin.display(description="what runs vs what the portal would write")
+    def adoption_differences(self, cluster: Cluster) -> str:
+        return format_html("<pre>{}</pre>", differences_text(adoption_differences(cluster)))
 
     @admin.display(description="join token")
     def token_state(self, cluster: Cluster) -> str:
@@ -433,6 +451,10 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
                         job.pk,
                     ),
                 )
+
+    @admin.action(description="Adopt (read what runs on the nodes)", permissions=["request_job"])
+    def action_adopt(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> None:
+        self._request_jobs(request, queryset, JobKind.ADOPT, {})
 
     @admin.action(description="Run preflight checks", permissions=["request_job"])
     def action_preflight(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> None:

@@ -346,6 +346,9 @@ class ClusterOutput(serializers.Serializer):
     agent_count = serializers.IntegerField()
     failed_node_count = serializers.IntegerField()
     has_kubeconfig = serializers.BooleanField()
+    adoption_required = serializers.BooleanField(
+        help_text="Imported and not adopted yet: run the adopt job before install, scale or upgrade jobs."
+    )
     active_job = serializers.IntegerField(source="active_job_id", allow_null=True, help_text="Id of the active job.")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
@@ -564,6 +567,32 @@ class ClusterPreviewOutput(serializers.Serializer):
 class NodeConfigPreviewOutput(serializers.Serializer):
     hostname = serializers.CharField()
     config = serializers.CharField(help_text="The node's RKE2 config.yaml; the token is masked.")
+
+
+class _ConfigDifferenceOutput(serializers.Serializer):
+    key = serializers.CharField()
+    change = serializers.ChoiceField(
+        choices=["changed", "added", "removed"],
+        help_text="changed: the portal would write another value; added: only the portal sets it; removed: the "
+        "portal would drop it.",
+    )
+    running = serializers.JSONField(allow_null=True, help_text="What the node runs with (secrets masked).")
+    portal = serializers.JSONField(allow_null=True, help_text="What the portal would write (secrets masked).")
+
+
+class _NodeDifferencesOutput(serializers.Serializer):
+    hostname = serializers.CharField()
+    read = serializers.BooleanField(help_text="Whether an adopt job has read this node.")
+    differences = _ConfigDifferenceOutput(many=True)
+
+
+@extend_schema_serializer(component_name="Adoption")
+class AdoptionOutput(serializers.Serializer):
+    adoption_required = serializers.BooleanField(
+        help_text="Imported and not adopted yet: install, scale and upgrade jobs are refused."
+    )
+    report = serializers.JSONField(help_text="What the last adopt job found and changed.")
+    nodes = _NodeDifferencesOutput(many=True)
 
 
 def _absolute(context: dict[str, Any], path: str) -> str:

@@ -32,6 +32,7 @@ from rke2portal.exceptions import api_exception_handler
 from .. import selectors
 from ..choices import JobKind
 from ..models import Cluster, Job, Node, SSHCredential
+from ..services.adoption import adoption_differences
 from ..services.clusters import cluster_create, cluster_delete, cluster_update
 from ..services.credentials import credential_create, credential_delete, credential_update
 from ..services.jobs import job_cancel, job_request
@@ -188,6 +189,8 @@ class ClusterViewSet(APIViewSet):
         "preflight": ["clusters.add_job"],
         "fetch_kubeconfig": ["clusters.add_job"],
         "health": ["clusters.add_job"],
+        "adopt": ["clusters.add_job"],
+        "adoption": ["clusters.view_cluster", "clusters.view_node"],
         "inventory": ["clusters.view_cluster", "clusters.view_node"],
         "config": ["clusters.view_cluster", "clusters.view_node"],
         "kubeconfig": ["clusters.download_kubeconfig"],
@@ -298,6 +301,31 @@ class ClusterViewSet(APIViewSet):
         JobKind.HEALTH, s.PreflightInput, "Check the cluster's health",
         "Checks the RKE2 services and whether every node is Ready.",
     )
+
+    adopt = _job_action(
+        JobKind.ADOPT, s.PreflightInput, "Adopt an imported cluster",
+        "Reads every node's RKE2 configuration files, installed version and install method, and the servers' "
+        "token; stores the token (encrypted) and the config keys the portal does not manage (kept on every "
+        "render). Changes nothing on the nodes. Imported clusters refuse install, scale and upgrade jobs until "
+        "adopted.",
+    )
+
+    @extend_schema(
+        summary="Compare what runs with what the portal would write",
+        description="Whether the cluster still needs adoption, the last adopt job's report, and for every live "
+        "node the config keys the portal would change, add or drop if it wrote config.yaml now (the node's "
+        "config.yaml.d files laid over it, as RKE2 does). Secret values are masked. Read-only.",
+        responses={200: s.AdoptionOutput, **READ_ERRORS}, filters=False,
+    )
+    @action(detail=True, methods=["get"])
+    def adoption(self, request: Request, pk: str | None = None) -> Response:
+        cluster = self.get_cluster()
+        data = {
+            "adoption_required": cluster.adoption_required,
+            "report": cluster.adoption_report or {},
+            "nodes": adoption_differences(cluster),
+        }
+        return Response(self.output(s.AdoptionOutput, data))
 
     @extend_schema(
         summary="Preview the inventories and configs",

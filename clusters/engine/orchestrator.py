@@ -43,6 +43,7 @@ from ..choices import (
 from ..exceptions import ApplicationError
 from ..fields import reveal
 from ..models import Cluster, Job, JobHostSummary, Node
+from ..services import adoption
 from . import state
 from .events import EventWriter
 from .redaction import Redactor
@@ -63,6 +64,7 @@ PLAYBOOKS: Mapping[str, str] = {
     "uninstall": "uninstall.yml",
     "fetch_kubeconfig": "kubeconfig.yml",
     "health": "health.yml",
+    "adopt": "adopt.yml",
 }
 # Stages that install RKE2 on the hosts of their stage group (their nodes go through ``installing``).
 INSTALLING_STAGES = frozenset({"initial_master", "joining_masters", "workers"})
@@ -220,6 +222,10 @@ class StageOrchestrator:
             state.nodes_touch(list(node_ids.values()), self.job)
         if self.job.kind == JobKind.INSTALL and stage in INSTALL_STAGES:
             state.cluster_update(self.cluster.pk, installation_stage=stage, status=ClusterStatus.INSTALLING)
+        # Adopt: the playbook writes each node's findings (token included) into a private folder on the controller.
+        adopt_dir = adoption.adoption_workdir(self.job.pk) if stage == adoption.ADOPT_STAGE else None
+        if adopt_dir is not None:
+            extravars["rke2_adopt_dest"] = str(adopt_dir)
         outcome = self.runner.run(
             PlaybookRun(
                 stage=stage,
@@ -232,6 +238,8 @@ class StageOrchestrator:
                 fetch_kubeconfig=fetch_kubeconfig,
             )
         )
+        if adopt_dir is not None:
+            outcome = adoption.adoption_finish(self.cluster, self.job, adopt_dir, outcome, self.redactor)
         self._take_facts(outcome)
         self._record_host_summaries(outcome)
         self._record_stage(stage, playbook, outcome)

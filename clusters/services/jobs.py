@@ -56,6 +56,9 @@ def _last_failed_install_stage(cluster: Cluster) -> str | None:
 
 _WORKERS_BATCH_RE = re.compile(r"^([1-9][0-9]*|([1-9][0-9]?|100)%)$")
 
+# Jobs that write config.yaml or restart RKE2: refused on an imported cluster until it is adopted.
+ADOPTION_GUARDED_KINDS = frozenset({JobKind.INSTALL, JobKind.SCALE_ADD, JobKind.SCALE_REMOVE, JobKind.UPGRADE})
+
 
 def _validate_common_params(params: dict[str, Any]) -> None:
     """Options any job may carry: how many workers change at once, and how long a drain may take."""
@@ -82,6 +85,18 @@ def plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[str
     live = [node for node in nodes if node.status in LIVE_NODE_STATUSES]
     if cluster.status == ClusterStatus.UNINSTALLED and kind not in (JobKind.INSTALL, JobKind.PREFLIGHT):
         raise InvalidState("The cluster has been uninstalled; only preflight and install are possible.")
+    if cluster.adoption_required and kind in ADOPTION_GUARDED_KINDS:
+        raise InvalidState(
+            f"The cluster was imported and is not adopted yet: {JobKind(kind).label.lower()} would rewrite RKE2's "
+            "configuration or restart it with values the portal has not read from the nodes (a wrong token stops "
+            "the servers). Run the adopt job first."
+        )
+    if kind == JobKind.ADOPT:
+        _require_credential(cluster)
+        _require_bootstrapped(cluster, kind)
+        if not any(node.status == NodeStatus.ACTIVE and node.role in SERVER_ROLES for node in live):
+            raise InvalidState("The cluster has no active server to read the token from.")
+        return ["adopt"]
     if kind == JobKind.PREFLIGHT:
         _require_credential(cluster)
         if not live:

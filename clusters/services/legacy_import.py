@@ -7,8 +7,9 @@ went through that system's own "nodes table" migration (nodes in a ``nodes`` tab
 too.
 
 Imported clusters are running clusters: the first server node becomes the initial master, the other servers
-masters, the agents workers; every node is active, the installation stage is complete, the cluster active and
-bootstrapped. See :data:`MAPPING_HELP` for how the other columns are mapped.
+masters, the agents workers; nodes are active (the statuses of a nodes table are kept), the installation stage is
+complete, the cluster active, bootstrapped and marked as needing adoption (see :mod:`clusters.services.adoption`).
+See :data:`MAPPING_HELP` for how the other columns are mapped.
 """
 
 from __future__ import annotations
@@ -57,25 +58,32 @@ rke2_version | version -> rke2_version
     "v" is prepended when missing; must look like v1.31.4+rke2r1.
 token | cluster_token | rke2_token | node_token -> token (stored encrypted)
     Kept as it is: it is the running cluster's join token. A token shorter than 6 characters is refused (the
-    cluster is skipped): rotate the cluster's token first (rke2 token rotate). When the source has none, a new token is generated
-    and the output says so; the running cluster still uses its own (/var/lib/rancher/rke2/server/node-token on a
-    server), so nodes added later would not join: delete the cluster here, put its token in the source, and
-    import it again.
+    cluster is skipped): rotate the cluster's token first (rke2 token rotate). When the source has none, a
+    placeholder is generated and the output says so; the adopt job replaces it with the token the servers use.
 registration_address | server_url | api_address | vip -> registration_address
     A URL (https://vip:9345) or host:port is reduced to the host. Empty: the initial master's address.
 description, cni, cluster_cidr, service_cidr, cluster_dns, cluster_domain -> the same fields
     When absent, RKE2's defaults (canal, 10.42.0.0/16, 10.43.0.0/16, 10.43.0.10, cluster.local): what a cluster
     installed without them runs with.
 tls_san (list or comma-separated), cluster_vars (mapping of extra RKE2 config keys) -> the same fields
+    Keys of cluster_vars that have fields here go to those fields: cni, cluster-cidr, service-cidr, cluster-dns,
+    cluster-domain, tls-san (added to tls_san) and token (when the token column is empty). A value that differs
+    from the column of the same meaning is an error.
 kubeconfig -> kubeconfig (stored encrypted)
 created_at -> bootstrapped_at (the import time when absent)
 nodes (JSON list; or a nodes table with cluster_id, for a database that already moved nodes there)
     hostname (lower-cased, as the kubelet does), ip | internal_ip, external_ip, use_external_ip, node_vars.
+    Keys of node_vars that have fields here go to those fields: node-label -> labels, node-taint -> taints,
+    node-name -> hostname, node-ip -> internal_ip, node-external-ip -> external_ip (a conflict is an error).
     role server|agent: the first server becomes the initial master, the other servers masters, agents
-    workers; initial_master|master|worker roles of a nodes table are kept. Every node is active, with the
-    cluster's version recorded as installed.
+    workers; initial_master|master|worker roles of a nodes table are kept.
+    status: nodes of a JSON column are all active (as the old system's own migration made them); the statuses of
+    a nodes table are kept: active, failed, pending, draining (installing becomes failed); removed nodes are not
+    imported. Active and failed nodes have the cluster's version recorded as installed.
 
-Every imported cluster is active, its installation complete, the cluster bootstrapped. Other columns (status,
+Every imported cluster is active, its installation complete, the cluster bootstrapped, and marked as needing
+adoption: until an adopt job has read each node's configuration, version and the servers' real token, jobs that
+rewrite the configuration or restart RKE2 (install, scale, upgrade) are refused. Other columns (status,
 installation_stage, ...) are not imported, nor are SSH credentials: assign one to each cluster before running
 jobs. Each cluster is imported in its own transaction; a cluster with any invalid value is skipped whole and
 reported with the offending node. The command exits with status 1 when a cluster was skipped as invalid.
@@ -89,6 +97,36 @@ _ADDRESS_KEYS = ("registration_address", "server_url", "api_address", "vip")
 _PLAIN_KEYS = ("description", "cni", "cluster_cidr", "service_cidr", "cluster_dns", "cluster_domain")
 _LEGACY_ROLES = {"server", "agent", NodeRole.INITIAL_MASTER, NodeRole.MASTER, NodeRole.WORKER}
 MIN_TOKEN_LENGTH = 32
+# Marks a cluster row whose nodes come from a nodes table (with their own statuses), not from the JSON column.
+_NODES_TABLE = "__nodes_table__"
+# Old extra-config keys that have fields of their own here: cluster keys -> cluster field, node keys -> node field.
+_CLUSTER_KEY_FIELDS = {
+    "cni": "cni",
+    "cluster-cidr": "cluster_cidr",
+    "service-cidr": "service_cidr",
+    "cluster-dns": "cluster_dns",
+    "cluster-domain": "cluster_domain",
+    "tls-san": "tls_san",
+    "token": "token",
+}
+_NODE_KEY_FIELDS = {
+    "node-label": "labels",
+    "node-taint": "taints",
+    "node-name": "hostname",
+    "node-ip": "internal_ip",
+    "node-external-ip": "external_ip",
+}
+# Statuses of the old nodes table (SQLAlchemy stores enum names) -> node status here; removed nodes are left out.
+_SOURCE_NODE_STATUSES = {
+    "active": NodeStatus.ACTIVE,
+    "running": NodeStatus.ACTIVE,
+    "ready": NodeStatus.ACTIVE,
+    "failed": NodeStatus.FAILED,
+    "error": NodeStatus.FAILED,
+    "installing": NodeStatus.FAILED,
+    "pending": NodeStatus.PENDING,
+    "draining": NodeStatus.DRAINING,
+}
 
 
 class LegacySourceError(ApplicationError):
@@ -262,6 +300,7 @@ def _attach_nodes_table(clusters: list[dict[str, Any]], rows: list[dict[str, Any
         by_cluster.setdefault(row.get("cluster_id"), []).append(row)
     for cluster in clusters:
         cluster["nodes"] = by_cluster.get(cluster.get("id"), [])
+        cluster[_NODES_TABLE] = True
 
 
 # Mapping ---------------------------------------------------------------------------------------------------------
@@ -372,8 +411,12 @@ def _build_cluster(row: Mapping[str, Any], name: str, outcome: ClusterOutcome) -
     except (ValueError, TypeError) as exc:
         outcome.errors.append(f"a JSON column cannot be decoded ({exc}).")
         return None, []
+    vars_token = _map_cluster_vars(fields, outcome)
 
     token = _text(_first(row, _TOKEN_KEYS))
+    if token and vars_token and token != vars_token:
+        outcome.errors.append("cluster_vars (token): differs from the token column; which one the cluster uses is unclear.")
+    token = token or vars_token
     if token:
         if any(char.isspace() for char in token):
             outcome.errors.append("token: contains whitespace; it cannot be an RKE2 token.")
@@ -394,15 +437,16 @@ def _build_cluster(row: Mapping[str, Any], name: str, outcome: ClusterOutcome) -
         token = generate_cluster_token()
         outcome.token_generated = True
         outcome.notes.append(
-            "no token in the source: a new one is generated. The running cluster uses its own "
-            "(/var/lib/rancher/rke2/server/node-token on a server), so nodes added later will not join until the "
-            "cluster is imported again with that token in the source."
+            "no token in the source: a new one is generated as a placeholder. Run the adopt job: it reads the "
+            "token the servers use (<data-dir>/server/token) and stores it; until then jobs that would write it to "
+            "the nodes are refused."
         )
     fields["token"] = token
     kubeconfig = _text(row.get("kubeconfig"))
     if kubeconfig:
         fields["kubeconfig"] = kubeconfig
 
+    fields["adoption_required"] = True
     cluster = Cluster(**fields)
     # The name was checked (and matched) by the caller; a missing version is reported above.
     exclude = ["name"] if fields["rke2_version"] else ["name", "rke2_version"]
@@ -411,11 +455,53 @@ def _build_cluster(row: Mapping[str, Any], name: str, outcome: ClusterOutcome) -
     except ValidationError as exc:
         outcome.errors.extend(_messages(exc, lambda key: "cluster" if key == "__all__" else key))
 
-    nodes = _build_nodes(cluster, raw_nodes, outcome, rke2_version=fields["rke2_version"])
+    nodes = _build_nodes(
+        cluster, raw_nodes, outcome, rke2_version=fields["rke2_version"], keep_statuses=bool(row.get(_NODES_TABLE))
+    )
     return cluster, nodes
 
 
-def _build_nodes(cluster: Cluster, raw_nodes: Any, outcome: ClusterOutcome, *, rke2_version: str) -> list[Node]:
+def _as_list(value: Any) -> list[str]:
+    if isinstance(value, list):
+        return [_text(item) for item in value if _text(item)]
+    return [item.strip() for item in _text(value).split(",") if item.strip()]
+
+
+def _map_cluster_vars(fields: dict[str, Any], outcome: ClusterOutcome) -> str:
+    """Move old ``cluster_vars`` keys that have fields of their own here onto those fields (a column of the source
+    wins when both are set and agree; a conflict is an error naming both). Returns a token found there."""
+    cluster_vars = fields.get("cluster_vars")
+    if not isinstance(cluster_vars, dict):
+        return ""
+    cluster_vars = dict(cluster_vars)
+    token = ""
+    for key, field_name in _CLUSTER_KEY_FIELDS.items():
+        if key not in cluster_vars:
+            continue
+        value = cluster_vars.pop(key)
+        if field_name == "token":
+            token = _text(value)
+            continue
+        if field_name == "tls_san":
+            merged = list(fields.get("tls_san") or []) if isinstance(fields.get("tls_san"), list) else []
+            merged.extend(item for item in _as_list(value) if item not in merged)
+            fields["tls_san"] = merged
+            continue
+        text = _text(value[0] if isinstance(value, list) and len(value) == 1 else value)
+        if field_name == "cni":
+            text = text.lower()
+        current = fields.get(field_name)
+        if current not in (None, "") and _text(current) != text:
+            outcome.errors.append(f"cluster_vars ({key}): {text!r} differs from the {field_name} column ({current!r}).")
+            continue
+        fields[field_name] = text
+    fields["cluster_vars"] = cluster_vars
+    return token
+
+
+def _build_nodes(
+    cluster: Cluster, raw_nodes: Any, outcome: ClusterOutcome, *, rke2_version: str, keep_statuses: bool = False
+) -> list[Node]:
     if not isinstance(raw_nodes, list) or not raw_nodes:
         outcome.errors.append("no nodes in the source.")
         return []
@@ -443,8 +529,21 @@ def _build_nodes(cluster: Cluster, raw_nodes: Any, outcome: ClusterOutcome, *, r
         except (ValueError, TypeError) as exc:
             errors.append(f"{label} (node_vars): cannot be decoded ({exc}).")
             continue
+        if isinstance(node_vars, dict):
+            node_vars = _map_node_vars(spec, dict(node_vars), label, errors)
         if node_vars:
             spec["node_vars"] = node_vars
+        status = NodeStatus.ACTIVE
+        if keep_statuses:
+            source_status = _text(raw.get("status")).lower()
+            if source_status:
+                if source_status not in _SOURCE_NODE_STATUSES:
+                    errors.append(f"{label} (status): {raw.get('status')!r} is not a node status this import knows.")
+                    continue
+                status = _SOURCE_NODE_STATUSES[source_status]
+                if source_status == "installing":
+                    outcome.notes.append(f"{label} was still installing in the source; it is imported as failed.")
+        spec["status"] = status
         specs.append(spec)
     if errors:
         outcome.errors.extend(errors)
@@ -459,7 +558,8 @@ def _build_nodes(cluster: Cluster, raw_nodes: Any, outcome: ClusterOutcome, *, r
     nodes: list[Node] = []
     seen: dict[tuple[str, str], str] = {}
     for spec in specs:
-        node = Node(cluster=cluster, status=NodeStatus.ACTIVE, installed_version=rke2_version, **spec)
+        installed = "" if spec["status"] == NodeStatus.PENDING else rke2_version
+        node = Node(cluster=cluster, installed_version=installed, **spec)
         label = f"node {spec['hostname']!r}" if spec["hostname"] else "node without hostname"
         try:
             node.full_clean(exclude=["cluster"], validate_constraints=False)
@@ -476,6 +576,25 @@ def _build_nodes(cluster: Cluster, raw_nodes: Any, outcome: ClusterOutcome, *, r
             outcome.initial_master = node.hostname
     outcome.errors.extend(errors)
     return [] if errors else nodes
+
+
+def _map_node_vars(spec: dict[str, Any], node_vars: dict[str, Any], label: str, errors: list[str]) -> dict[str, Any]:
+    """Move old ``node_vars`` keys that have fields of their own here (labels, taints, node name and addresses)
+    onto those fields; a conflict with a column of the source is an error naming both."""
+    for key, field_name in _NODE_KEY_FIELDS.items():
+        if key not in node_vars:
+            continue
+        value = node_vars.pop(key)
+        if field_name in ("labels", "taints"):
+            spec[field_name] = [*spec.get(field_name, []), *_as_list(value)]
+            continue
+        text = _text(value).lower() if field_name == "hostname" else _text(value)
+        current = spec.get(field_name)
+        if current not in (None, "") and _text(current) != text:
+            errors.append(f"{label} (node_vars {key}): {text!r} differs from the {field_name} column ({current!r}).")
+            continue
+        spec[field_name] = text
+    return node_vars
 
 
 # Importing -------------------------------------------------------------------------------------------------------

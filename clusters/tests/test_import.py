@@ -143,8 +143,9 @@ def assert_imported_as_expected(output: str, error: CommandError | None) -> None
         "w1": NodeRole.WORKER,
         "cp3": NodeRole.MASTER,
     }
-    assert {node.status for node in nodes.values()} == {NodeStatus.ACTIVE}
+    assert {node.status for node in nodes.values()} == {NodeStatus.ACTIVE}  # a JSON column: every node active
     assert {node.installed_version for node in nodes.values()} == {"v1.28.5+rke2r1"}
+    assert prod.adoption_required  # nothing may rewrite its configuration before an adopt job
     assert (nodes["cp2"].internal_ip, nodes["cp2"].external_ip, nodes["cp2"].use_external_ip) == (
         "10.0.0.2",
         "203.0.113.2",
@@ -229,7 +230,7 @@ def test_every_cluster_problem_is_named(tmp_path):
             ],
         },
         {**base, "name": "badcidr", "cluster_cidr": "10.43.0.0/16"},
-        {**base, "name": "badvars", "cluster_vars": json.dumps({"token": "x"})},
+        {**base, "name": "badvars", "cluster_vars": json.dumps({"server": "https://elsewhere:9345"})},
         {**base, "name": "nonodes", "nodes": []},
         {**base, "name": "spacetoken", "token": "has space in it"},
         {**base, "name": "badcni", "cni": "weave", "nodes": [{"hostname": "x_y", "ip": "10.0.0.1", "role": "server"}]},
@@ -248,7 +249,7 @@ def test_every_cluster_problem_is_named(tmp_path):
         "badrole: node 'n1' (role): 'controlplane' is not 'server' or 'agent'.",
         "dupes: node 'n1' (hostname): n1 is also used by node 'n1'.",
         "badcidr: service_cidr: The service CIDR 10.43.0.0/16 overlaps the cluster CIDR 10.43.0.0/16.",
-        "badvars: cluster_vars: 'token' cannot be set here",
+        "badvars: cluster_vars: 'server' cannot be set here",
         "nonodes: no nodes in the source.",
         "spacetoken: token: contains whitespace",
         "badcni: cni: Value 'weave' is not a valid choice.",
@@ -446,3 +447,138 @@ def test_unreachable_postgres_source_is_reported_without_its_password():
         call_command("import_legacy_clusters", "postgres://old:hunter2@127.0.0.1:1/rke2", stdout=io.StringIO())
     assert "cannot connect" in str(info.value)
     assert "hunter2" not in str(info.value)
+
+
+# The old system's PostgreSQL database after its own migration 001: nodes in a nodes table with roles and statuses
+# (SQLAlchemy enums: PostgreSQL enum types holding the member names), extra config in JSON columns.
+
+OLD_SCHEMA_AFTER_001 = [
+    "CREATE TYPE noderole AS ENUM ('INITIAL_MASTER', 'MASTER', 'WORKER')",
+    "CREATE TYPE nodestatus AS ENUM ('PENDING', 'INSTALLING', 'ACTIVE', 'FAILED', 'REMOVED')",
+    "CREATE TABLE clusters (id SERIAL PRIMARY KEY, name VARCHAR NOT NULL UNIQUE, version VARCHAR, token VARCHAR, "
+    "server_url VARCHAR, cni VARCHAR, status VARCHAR, installation_stage VARCHAR, created_at TIMESTAMP, "
+    "cluster_vars JSON)",
+    "CREATE TABLE nodes (id SERIAL PRIMARY KEY, cluster_id INTEGER NOT NULL REFERENCES clusters(id), "
+    "hostname VARCHAR NOT NULL, internal_ip VARCHAR NOT NULL, external_ip VARCHAR, role noderole NOT NULL, "
+    "status nodestatus NOT NULL, use_external_ip BOOLEAN DEFAULT false, node_vars JSON, created_at TIMESTAMP)",
+]
+
+
+@pytest.fixture
+def postgres_source_after_001() -> Iterator[str]:
+    import psycopg
+    from psycopg.types.json import Json
+
+    server = urlsplit(postgres_server_url())
+    name = f"legacy_import_001_{uuid.uuid4().hex[:12]}"
+    admin_url = urlunsplit(server._replace(path="/postgres"))
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    source = urlunsplit(server._replace(path=f"/{name}"))
+    try:
+        with psycopg.connect(source) as db:
+            for statement in OLD_SCHEMA_AFTER_001:
+                db.execute(statement)
+            db.execute(
+                "INSERT INTO clusters VALUES (1, 'calico-prod', 'v1.30.2+rke2r1', %s, 'https://lb.example.com:9345', "
+                "NULL, 'running', 'complete', '2025-02-03 04:05:06', %s)",
+                [
+                    PROD_TOKEN,
+                    Json({"cni": "calico", "tls-san": ["api.example.com"], "etcd-snapshot-retention": 10}),
+                ],
+            )
+            db.execute(
+                "INSERT INTO clusters VALUES (2, 'plain', 'v1.30.2+rke2r1', NULL, NULL, 'canal', 'running', "
+                "'complete', NULL, NULL)"
+            )
+            rows = [
+                (1, 1, "m1", "10.6.0.1", "INITIAL_MASTER", "ACTIVE", {"node-label": ["zone=a"]}),
+                (2, 1, "m2", "10.6.0.2", "MASTER", "FAILED", None),
+                (3, 1, "w-old", "10.6.0.20", "WORKER", "REMOVED", None),
+                (
+                    4,
+                    1,
+                    "w1",
+                    "10.6.0.21",
+                    "WORKER",
+                    "ACTIVE",
+                    {"node-label": "disk=ssd,zone=b", "node-taint": ["gpu=true:NoSchedule"], "kubelet-arg": ["v=2"]},
+                ),
+                (5, 1, "w2", "10.6.0.22", "WORKER", "PENDING", None),
+                (6, 2, "p1", "10.7.0.1", "INITIAL_MASTER", "ACTIVE", None),
+            ]
+            with db.cursor() as cursor:
+                cursor.executemany(
+                    "INSERT INTO nodes (id, cluster_id, hostname, internal_ip, role, status, node_vars) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    [(*row[:6], Json(row[6]) if row[6] is not None else None) for row in rows],
+                )
+        yield source
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_import_from_postgres_after_the_old_nodes_table_migration(postgres_source_after_001):
+    output, error = run_import(postgres_source_after_001)
+    assert error is None, output
+    assert "Clusters: 2 imported, 0 already present, 0 invalid. Nodes: 5 imported, 0 skipped." in output
+
+    cluster = Cluster.objects.get(name="calico-prod")
+    # Old extra-config keys that have fields of their own land on those fields; the others stay extra config.
+    assert cluster.cni == "calico"
+    assert cluster.tls_san == ["api.example.com"]
+    assert cluster.cluster_vars == {"etcd-snapshot-retention": 10}
+    assert cluster.registration_address == "lb.example.com"
+    assert cluster.adoption_required
+    nodes = {node.hostname: node for node in cluster.cluster_nodes.all()}
+    # The source's statuses are kept: failed stays failed, pending stays pending, removed is not imported.
+    assert {name: node.status for name, node in nodes.items()} == {
+        "m1": NodeStatus.ACTIVE,
+        "m2": NodeStatus.FAILED,
+        "w1": NodeStatus.ACTIVE,
+        "w2": NodeStatus.PENDING,
+    }
+    assert {name: node.role for name, node in nodes.items()} == {
+        "m1": NodeRole.INITIAL_MASTER,
+        "m2": NodeRole.MASTER,
+        "w1": NodeRole.WORKER,
+        "w2": NodeRole.WORKER,
+    }
+    assert nodes["w2"].installed_version == "" and nodes["m2"].installed_version == "v1.30.2+rke2r1"
+    assert nodes["m1"].labels == ["zone=a"] and nodes["m1"].node_vars == {}
+    assert nodes["w1"].labels == ["disk=ssd", "zone=b"]
+    assert nodes["w1"].taints == ["gpu=true:NoSchedule"]
+    assert nodes["w1"].node_vars == {"kubelet-arg": ["v=2"]}
+    assert reveal(cluster.token) == PROD_TOKEN
+
+    plain = Cluster.objects.get(name="plain")
+    assert plain.cni == "canal" and plain.adoption_required
+    assert "note: plain: no token in the source" in output
+    assert list(plain.cluster_nodes.values_list("hostname", "status")) == [("p1", NodeStatus.ACTIVE)]
+
+
+def test_conflicting_old_keys_are_named(tmp_path):
+    base = {"version": "v1.28.5+rke2r1", "nodes": [{"hostname": "n1", "ip": "10.0.0.1", "role": "server"}]}
+    rows = [
+        {**base, "name": "twocni", "cni": "canal", "cluster_vars": {"cni": "cilium"}},
+        {
+            **base,
+            "name": "twoips",
+            "nodes": [{"hostname": "n1", "ip": "10.0.0.1", "role": "server", "node_vars": {"node-ip": "10.0.0.9"}}],
+        },
+        {**base, "name": "twotokens", "token": PROD_TOKEN, "cluster_vars": {"token": "another-token-value"}},
+        {**base, "name": "badlabel", "nodes": [{**base["nodes"][0], "node_vars": {"node-label": ["no label"]}}]},
+        {**base, "name": "tokeninvars", "cluster_vars": {"token": PROD_TOKEN, "cni": "cilium"}},
+    ]
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(rows))
+    output, error = run_import(str(path))
+    assert "twocni: cluster_vars (cni): 'cilium' differs from the cni column ('canal')." in output
+    assert "twoips: node 'n1' (node_vars node-ip): '10.0.0.9' differs from the internal_ip column" in output
+    assert "twotokens: cluster_vars (token): differs from the token column" in output
+    assert "badlabel: node 'n1' (labels):" in output
+    assert "Clusters: 1 imported, 0 already present, 4 invalid." in output
+    assert error is not None
+    cluster = Cluster.objects.get(name="tokeninvars")
+    assert reveal(cluster.token) == PROD_TOKEN and cluster.cni == "cilium" and cluster.cluster_vars == {}
