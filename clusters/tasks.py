@@ -18,11 +18,12 @@ def run_job(job_id: int) -> None:
 def reap_lost_jobs() -> None:
     """Fail the running jobs whose worker is gone and the pending jobs whose message was lost; remove the files
     of dead workers of this host (every minute, from the beat schedule)."""
-    from .engine.reaper import jobs_fail_undelivered, jobs_reap_lost, private_dirs_cleanup
+    from .engine.reaper import jobs_fail_undelivered, jobs_reap_lost, private_dirs_cleanup, run_markers_cleanup
 
     jobs_reap_lost()
     jobs_fail_undelivered()
     private_dirs_cleanup()
+    run_markers_cleanup()
 
 
 @shared_task(name="clusters.purge_job_events", ignore_result=True, soft_time_limit=3300, time_limit=3600)

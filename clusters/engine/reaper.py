@@ -58,6 +58,7 @@ __all__ = [
     "jobs_fail_undelivered",
     "jobs_reap_lost",
     "private_dirs_cleanup",
+    "run_markers_cleanup",
     "worker_started",
 ]
 
@@ -350,6 +351,28 @@ def private_dirs_cleanup(*, work_dir: Path | None = None) -> list[Path]:
     return removed
 
 
+def run_markers_cleanup(*, work_dir: Path | None = None) -> list[Path]:
+    """Remove the run markers of jobs that no longer run (left by a worker process that was killed). Returns the
+    removed paths."""
+    base = Path(work_dir or settings.JOBS_WORK_DIR)
+    if not base.is_dir():
+        return []
+    markers = {}
+    for path in base.glob("job*.running"):
+        match = re.fullmatch(r"job(\d+)\.running", path.name)
+        if match and path.is_file():
+            markers[int(match[1])] = path
+    if not markers:
+        return []
+    still_running = set(Job.objects.filter(pk__in=list(markers), status=JobStatus.RUNNING).values_list("pk", flat=True))
+    removed = []
+    for job_id, path in markers.items():
+        if job_id not in still_running:
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
 def worker_started() -> None:
     """When a worker starts: fail the jobs its predecessors on this host left running, remove their leftovers."""
     try:
@@ -357,6 +380,7 @@ def worker_started() -> None:
         if reaped:
             logger.warning("failed jobs %s: their worker on this host is gone", reaped)
         private_dirs_cleanup()
+        run_markers_cleanup()
     except Exception:  # noqa: BLE001 - a worker must start even when the database is not reachable yet
         logger.exception("could not reap the jobs of a previous worker")
 
