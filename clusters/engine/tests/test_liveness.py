@@ -179,3 +179,17 @@ def test_events_that_could_not_be_stored_leave_contiguous_counters(jobs_dir: Pat
     rows = list(JobEvent.objects.filter(job=job).order_by("counter").values_list("counter", "event"))
     assert [counter for counter, _ in rows] == [1, 2, 3, 4, 5]
     assert [event for _, event in rows].count("portal_event_lost") == 4
+
+
+@pytest.mark.django_db
+def test_run_markers_of_jobs_that_ended_are_removed(jobs_dir: Path) -> None:
+    from clusters.engine.reaper import run_markers_cleanup
+
+    running = claimed_job()
+    ended = claimed_job()
+    Job.objects.filter(pk=ended.pk).update(status=JobStatus.FAILED)
+    for job in (running, ended):
+        (jobs_dir / RunMarker.file_name(job.pk)).touch()
+
+    assert run_markers_cleanup(work_dir=jobs_dir) == [jobs_dir / RunMarker.file_name(ended.pk)]
+    assert sorted(p.name for p in jobs_dir.iterdir()) == [RunMarker.file_name(running.pk)]
