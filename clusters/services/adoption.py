@@ -319,10 +319,9 @@ def adoption_record(cluster_id: int, job: Job | None, findings: Mapping[str, Map
         else:
             changes.append("The cluster token matches the one the servers use.")
         updates: dict[str, Any] = {"token": token}
+        # The critical values as the servers run them (the initial master's, else the first server's).
         reference = merge_config(
             next((item for item in servers if item.node.role == "initial_master"), servers[0]).files
-            if servers
-            else {}
         )
         for key, field_name in _CRITICAL_FIELD_KEYS.items():
             if key not in reference:
@@ -543,4 +542,3 @@ def differences_text(items: Iterable[NodeDifferences]) -> str:
             else:
                 lines.append(f"  ~ {difference['key']}: {running} -> {portal}")
     return "\n".join(lines)
-

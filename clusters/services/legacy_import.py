@@ -415,7 +415,9 @@ def _build_cluster(row: Mapping[str, Any], name: str, outcome: ClusterOutcome) -
 
     token = _text(_first(row, _TOKEN_KEYS))
     if token and vars_token and token != vars_token:
-        outcome.errors.append("cluster_vars (token): differs from the token column; which one the cluster uses is unclear.")
+        outcome.errors.append(
+            "cluster_vars (token): differs from the token column; which one the cluster uses is unclear."
+        )
     token = token or vars_token
     if token:
         if any(char.isspace() for char in token):
