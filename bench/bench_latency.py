@@ -81,6 +81,8 @@ def main() -> bool:
             "CELERY_BROKER_KEY_PREFIX": f"rke2portal-bench-{secrets.token_hex(4)}:",
             "ANSIBLE_DIR": str(project),
             "JOBS_WORK_DIR": str(work_dir),
+            # The benchmark's playbook runs locally; its node address is on no network: scan nothing.
+            "SSH_HOST_KEY_TRUST_ON_FIRST_USE": "false",
         }
     )
     from .bench_events import setup_database
@@ -89,7 +91,10 @@ def main() -> bool:
     from tests.worker import WorkerProcess, worker_environment
 
     worker = WorkerProcess(
-        env=worker_environment({"ANSIBLE_DIR": str(project), "JOBS_WORK_DIR": str(work_dir)}), concurrency=1
+        env=worker_environment(
+            {"ANSIBLE_DIR": str(project), "JOBS_WORK_DIR": str(work_dir), "SSH_HOST_KEY_TRUST_ON_FIRST_USE": "false"}
+        ),
+        concurrency=1,
     )
     try:
         worker.start()

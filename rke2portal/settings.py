@@ -248,6 +248,9 @@ REST_KNOX = {
 }
 # Seconds ssh-keyscan waits for a host when a job checks (or first learns) its host keys.
 SSH_KEYSCAN_TIMEOUT_SECONDS = env.int("SSH_KEYSCAN_TIMEOUT_SECONDS", default=5)
+# Store the host keys a host presents the first time a job reaches it. Off: only keys pinned in the SSH
+# credential's known_hosts (or stored earlier) are trusted, and hosts without one are refused.
+SSH_HOST_KEY_TRUST_ON_FIRST_USE = env.bool("SSH_HOST_KEY_TRUST_ON_FIRST_USE", default=True)
 
 SPECTACULAR_SETTINGS = {
     "TITLE": "RKE2 Portal API",

@@ -9,6 +9,8 @@ makes the host prove that it holds the private key of each key it presents), the
 - stored keys: the host must present the stored key of every key type it still offers, and at least one stored
   type. Otherwise its key has changed: the run fails, naming the host and the SHA256 fingerprints of the stored
   and the presented keys, before Ansible starts, so nothing (no join token, no command) is sent to it;
+- with ``SSH_HOST_KEY_TRUST_ON_FIRST_USE`` off, nothing is learned and hosts without stored keys are not even
+  asked: only keys pinned in the credential, or stored earlier, let SSH connect;
 - the SSH credential lists ``known_hosts`` lines: those are the keys the operator pinned, and they replace the
   stored ones (no key is learned); a host they do not cover is left to SSH, which refuses it.
 
@@ -247,12 +249,18 @@ def host_keys_check(targets: Sequence[HostTarget], *, job_id: int | None = None,
     report = HostKeyReport()
     if not targets:
         return report
-    presented_by_host = scan_host_keys(targets)
     pinned = pinned if pinned.strip() else ""
     stored = {
         (row.address, row.port): row
         for row in HostKey.objects.filter(address__in={target.address for target in targets})
     }
+    if not settings.SSH_HOST_KEY_TRUST_ON_FIRST_USE and not pinned:
+        # Nothing is learned: only hosts with stored keys are asked (to report a changed key with its
+        # fingerprints); the others are left to strict SSH, which refuses them.
+        targets = [target for target in targets if (target.address, target.port) in stored]
+        if not targets:
+            return report
+    presented_by_host = scan_host_keys(targets)
     cluster_id = Job.objects.filter(pk=job_id).values_list("cluster_id", flat=True).first() if job_id else None
     for target in targets:
         presented = tuple(presented_by_host.get((target.address, target.port), ()))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,3 +75,19 @@ def test_targets_come_from_the_inventory_hosts() -> None:
     }
 
     assert targets_of(inventory) == [HostTarget("node1", "10.0.0.1", 2222), HostTarget("node2", "10.0.0.2", 22)]
+
+
+@pytest.mark.django_db
+def test_without_trust_on_first_use_an_unknown_host_is_not_asked(settings: Any) -> None:
+    from clusters.models import HostKey
+    from clusters.services.hostkeys import host_keys_check
+
+    closed = HostTarget("node1", "127.0.0.1", 1)  # nothing listens there: a scan reports it unanswered
+
+    settings.SSH_HOST_KEY_TRUST_ON_FIRST_USE = True
+    assert host_keys_check([closed]).unanswered == [closed]
+
+    settings.SSH_HOST_KEY_TRUST_ON_FIRST_USE = False
+    report = host_keys_check([closed])
+    assert (report.unanswered, report.accepted, report.changed) == ([], [], [])
+    assert not HostKey.objects.exists()

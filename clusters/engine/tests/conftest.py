@@ -206,6 +206,9 @@ def fake_project(settings: Any, jobs_dir: Path, tmp_path: Path) -> FakeProject:
     settings.JOB_PEXPECT_TIMEOUT_SECONDS = 0.2
     settings.JOB_EVENT_FLUSH_SECONDS = 0.2
     settings.RKE2_INSTALL_METHOD = "script"
+    # The fake playbooks never connect over SSH, and their hosts' addresses are not on any test network: nothing
+    # may be sent to them, not even a host key scan.
+    settings.SSH_HOST_KEY_TRUST_ON_FIRST_USE = False
     return FakeProject(project_dir)
 
 

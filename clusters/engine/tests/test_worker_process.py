@@ -26,6 +26,7 @@ def worker_settings(fake_project: FakeProject, jobs_dir: Path) -> dict[str, str]
         "JOB_HEARTBEAT_SECONDS": "1",
         "JOB_CANCEL_POLL_SECONDS": "0.2",
         "JOB_PEXPECT_TIMEOUT_SECONDS": "0.2",
+        "SSH_HOST_KEY_TRUST_ON_FIRST_USE": "false",
     }
 
 
