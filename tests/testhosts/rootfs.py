@@ -9,7 +9,8 @@ test runs build it once; a finished entry is never modified (a running host's lo
 Changes made to the root after debootstrap (bump :data:`RECIPE_VERSION` when changing them):
 
 * ``etcd.service`` is masked and its ``etcd2.service`` alias removed (the stand-in RKE2 runs its own etcd on
-  2379/2380);
+  2379/2380), and the ``etcd`` user, group and ``/var/lib/etcd`` the package created are removed (on an RKE2
+  host the operator creates that user, e.g. for the CIS profile);
 * timers and gettys a test host does not need are removed (``apt-daily*``, ``dpkg-db-backup``, ``e2scrub*``,
   ``fstrim``, ``getty@tty1``) and ``console-getty.service`` is masked;
 * the shared ssh host keys and machine id are removed (every host gets its own);
@@ -49,7 +50,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SUITE = "bookworm"
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 PACKAGES: tuple[str, ...] = (
     "systemd",
     "systemd-sysv",
@@ -72,6 +73,7 @@ PACKAGES: tuple[str, ...] = (
     "zstd",
 )
 DEFAULT_CACHE_BASE = Path("/var/cache/rke2portal/testhost-root")
+PRUNE_UNUSED_AFTER = 3600.0
 DEPLOY_USER = "deploy"
 DEPLOY_UID = 2000
 DEPLOY_HOME = "/var/lib/deploy-home"
@@ -184,6 +186,10 @@ def _customize(root: Path) -> None:
     (root / "etc/resolv.conf").unlink(missing_ok=True)
     (root / "etc/resolv.conf").write_text("# The test network has no name server: names are in /etc/hosts.\n")
 
+    subprocess.run(["chroot", str(root), "userdel", "etcd"], check=True, capture_output=True)
+    subprocess.run(["chroot", str(root), "groupdel", "etcd"], check=False, capture_output=True)
+    shutil.rmtree(root / "var/lib/etcd", ignore_errors=True)
+
     subprocess.run(
         ["chroot", str(root), "useradd", "--uid", str(DEPLOY_UID), "--user-group", "--no-create-home",
          "--home-dir", DEPLOY_HOME, "--shell", "/bin/bash", "--comment", "Deployment user", DEPLOY_USER],
@@ -225,6 +231,7 @@ def hold(root: Path) -> int:
     """Mark ``root`` as in use until the returned descriptor is closed (shared ``flock``; see :func:`prune`)."""
     fd = os.open(_use_lock_path(root), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     fcntl.flock(fd, fcntl.LOCK_SH)
+    os.utime(fd)  # last use, see prune()
     return fd
 
 
@@ -242,13 +249,26 @@ def _held(root: Path) -> bool:
     return False
 
 
+def _recently_used(root: Path) -> bool:
+    marker = _use_lock_path(root)
+    try:
+        last = max(marker.stat().st_mtime, root.stat().st_mtime) if marker.exists() else root.stat().st_mtime
+    except OSError:
+        return False
+    return time.time() - last < PRUNE_UNUSED_AFTER
+
+
 def prune(keep: Path) -> list[Path]:
-    """Remove the cached roots of older recipes that no running host uses; returns what was removed."""
+    """Remove the cached roots of other recipes that nothing uses and nothing used for an hour.
+
+    The hour keeps two checkouts with different recipes on one machine from removing each other's root.
+    Returns what was removed.
+    """
     removed = []
     base = keep.parent
     with _build_lock(base):
         for other in sorted(base.glob(f"{SUITE}-*")):
-            if other == keep or not other.is_dir() or _held(other) or _in_use(other):
+            if other == keep or not other.is_dir() or _recently_used(other) or _held(other) or _in_use(other):
                 continue
             retired = base / f".build-retired-{other.name}-{os.getpid()}"
             other.rename(retired)
@@ -264,6 +284,8 @@ def build_root(*, force: bool = False, quiet: bool = False) -> Path:
     key = root_key()
     final = base / key
     if not force and cached_root() is not None:
+        if os.geteuid() == 0:
+            prune(final)
         return final
     if os.geteuid() != 0:
         raise RootBuildError("building the test-host root needs root")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,9 @@ def test_root_has_what_hosts_need_and_nothing_that_gets_in_the_way(root: Path) -
     assert (root / "etc/machine-id").read_text() == ""
     assert f"{rootfs.DEPLOY_USER}:x:{rootfs.DEPLOY_UID}:" in (root / "etc/passwd").read_text()
     assert f"{rootfs.DEPLOY_USER}:*:" in (root / "etc/shadow").read_text()
+    for table in ("passwd", "group", "shadow", "gshadow"):
+        assert not re.search(r"^etcd:", (root / "etc" / table).read_text(), re.M), table
+    assert not (root / "var/lib/etcd").exists()
     assert (root / "etc/sudoers.d/deploy").read_text() == f"{rootfs.DEPLOY_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"
     assert not list((root / "var/cache/apt/archives").glob("*.deb"))
 
@@ -86,3 +90,21 @@ def test_mirror_comes_from_the_apt_sources(monkeypatch: pytest.MonkeyPatch) -> N
     assert re.match(r"^(https?|file):/", mirror) and not mirror.endswith("/")
     monkeypatch.setenv("TESTHOSTS_DEBIAN_MIRROR", "http://other.example/debian")
     assert rootfs.debian_mirror() == "http://other.example/debian"
+
+
+def test_prune_removes_only_old_roots_nothing_uses(tmp_path: Path) -> None:
+    keep, unused, recent, held = (tmp_path / f"{rootfs.SUITE}-{name}" for name in ("keep", "unused", "recent", "held"))
+    for root in (keep, unused, recent, held):
+        (root / "usr/lib/systemd").mkdir(parents=True)
+    two_hours_ago = time.time() - 7200
+    for root in (unused, held):
+        os.utime(root, (two_hours_ago, two_hours_ago))
+    fd = rootfs.hold(held)
+    try:
+        os.utime(rootfs._use_lock_path(held), (two_hours_ago, two_hours_ago))
+        assert rootfs.prune(keep) == [unused]
+    finally:
+        os.close(fd)
+    assert keep.is_dir() and recent.is_dir() and held.is_dir() and not unused.exists()
+    assert rootfs.prune(keep) == [held]
+    assert not rootfs._use_lock_path(held).exists()
