@@ -69,6 +69,7 @@ KUBECTL = "/usr/bin/kubectl"
 EXIT_REBOOT = 133
 BOOT_TIMEOUT = 90.0
 STOP_GRACE = 5.0
+REBOOT_WAIT = 30.0
 POLL = 0.05
 NFT_TABLE = "testhosts"
 # Paths a host does not keep in its overlay: reached through its running PID 1 only.
@@ -100,7 +101,6 @@ class SystemdHost(Host):
         self.merged_dir = self.host_dir / "merged"
         self.cgroup = f"{self._network._names.prefix}/h{self.slot}"
         self._nspawn_pid: int | None = None
-        self._boots = 0
 
     # -- state ------------------------------------------------------------------------------------------------
 
@@ -121,25 +121,37 @@ class SystemdHost(Host):
                             return nspawn, pid
         return None
 
-    @property
-    def pid(self) -> int:
-        """PID (in this machine's PID namespace) of the host's PID 1, systemd; changes when the host reboots."""
+    def _current_pid(self, wait: float) -> int:
+        """PID 1 of the current boot; waits up to ``wait`` seconds while the host is between two boots."""
         if self._destroyed:
             raise HostNetworkError(f"host {self.name} is not running")
-        if self._pid is None or not _process_alive(self._pid, self._pid_start):
+        deadline = time.monotonic() + wait
+        while self._pid is None or not _process_alive(self._pid, self._pid_start):
             found = self._find_pid1()
-            if found is None:
+            if found is not None:
+                self._nspawn_pid, self._pid = found
+                self._pid_start = _process_start_ticks(self._pid)
+                break
+            if self._launcher is None or self._launcher.poll() is not None or time.monotonic() > deadline:
                 raise HostNetworkError(f"host {self.name} is not running")
-            self._nspawn_pid, self._pid = found
-            self._pid_start = _process_start_ticks(self._pid)
+            time.sleep(POLL)
         return self._pid
 
     @property
+    def pid(self) -> int:
+        """PID (in this machine's PID namespace) of the host's PID 1, systemd; changes when the host reboots.
+
+        While the host reboots this waits (up to 30 s) for the next boot's PID 1.
+        """
+        return self._current_pid(REBOOT_WAIT)
+
+    @property
     def alive(self) -> bool:
+        """Whether the host runs (a host between two boots of a reboot is not alive)."""
         if self._destroyed or self._launcher is None or self._launcher.poll() is not None:
             return False
         try:
-            _ = self.pid
+            self._current_pid(0)
         except HostNetworkError:
             return False
         return True
@@ -471,7 +483,6 @@ class SystemdHostNetwork(HostNetwork):
                 if _listens_on(found[1], SSH_PORT):
                     host._nspawn_pid, host._pid = found
                     host._pid_start = _process_start_ticks(found[1])
-                    host._boots = 1
                     del pending[slot]
             if not pending:
                 return
