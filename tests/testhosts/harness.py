@@ -154,6 +154,8 @@ _HOSTNAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _HOSTS_BEGIN = "# BEGIN test host network"
 _HOSTS_END = "# END test host network"
 _TCP_LISTEN = "0A"
+NFT_TABLE = "testhosts"
+_PROTOCOLS = ("tcp", "udp", "sctp")
 
 
 class HostNetworkError(RuntimeError):
@@ -959,6 +961,79 @@ class Host:
             check=check,
             stdin=None if input is not None else subprocess.DEVNULL,
         )
+
+    # -- network faults -----------------------------------------------------------------------------------------
+
+    def _nft(self, script: str) -> None:
+        _run(["nsenter", f"--net=/run/netns/{self.namespace}", "nft", "-f", "-"], input=script)
+
+    def block_port(self, proto: str, port: int, *, direction: str = "both") -> None:
+        """Drop ``proto`` (tcp/udp/sctp) packets to ``port`` in the host's own network namespace.
+
+        ``direction``: ``in`` (packets the host receives), ``out`` (packets it sends) or ``both``. The rules
+        live in the nftables table ``inet testhosts`` of the host's namespace.
+        """
+        if proto not in _PROTOCOLS:
+            raise ValueError(f"proto: {proto!r} is not one of {', '.join(_PROTOCOLS)}")
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"port: {port!r} is not a port number")
+        if direction not in ("in", "out", "both"):
+            raise ValueError(f"direction: {direction!r} is not in, out or both")
+        lines = [
+            f"table inet {NFT_TABLE} {{",
+            "  set in_tcp { type inet_service; }", "  set in_udp { type inet_service; }",
+            "  set in_sctp { type inet_service; }", "  set out_tcp { type inet_service; }",
+            "  set out_udp { type inet_service; }", "  set out_sctp { type inet_service; }",
+            "  chain input { type filter hook input priority -10; policy accept;",
+            "    tcp dport @in_tcp drop; udp dport @in_udp drop; sctp dport @in_sctp drop; }",
+            "  chain output { type filter hook output priority -10; policy accept;",
+            "    tcp dport @out_tcp drop; udp dport @out_udp drop; sctp dport @out_sctp drop; }",
+            "}",
+        ]  # fmt: skip
+        for side in ("in", "out"):
+            if direction in (side, "both"):
+                lines.append(f"add element inet {NFT_TABLE} {side}_{proto} {{ {int(port)} }}")
+        self._nft("\n".join(lines) + "\n")
+
+    def unblock_port(self, proto: str, port: int, *, direction: str = "both") -> None:
+        """Undo :meth:`block_port` for ``proto``/``port`` (no error when it was not blocked)."""
+        if proto not in _PROTOCOLS:
+            raise ValueError(f"proto: {proto!r} is not one of {', '.join(_PROTOCOLS)}")
+        for side in ("in", "out"):
+            if direction in (side, "both"):
+                _run(
+                    ["nsenter", f"--net=/run/netns/{self.namespace}", "nft", "delete", "element", "inet", NFT_TABLE,
+                     f"{side}_{proto}", f"{{ {int(port)} }}"],
+                    check=False,
+                )  # fmt: skip
+
+    def unblock(self) -> None:
+        """Remove every block made with :meth:`block_port`."""
+        _run(
+            ["nsenter", f"--net=/run/netns/{self.namespace}", "nft", "delete", "table", "inet", NFT_TABLE], check=False
+        )
+
+    def blocked_ports(self) -> dict[str, list[int]]:
+        """``{"in_udp": [8472], ...}``: what :meth:`block_port` currently blocks."""
+        out = _run(
+            ["nsenter", f"--net=/run/netns/{self.namespace}", "nft", "-j", "list", "table", "inet", NFT_TABLE],
+            check=False,
+        )
+        if out.returncode != 0:
+            return {}
+        blocked: dict[str, list[int]] = {}
+        for item in json.loads(out.stdout).get("nftables", []):
+            entry = item.get("set")
+            if entry and entry.get("elem"):
+                blocked[entry["name"]] = sorted(int(value) for value in entry["elem"])
+        return blocked
+
+    def cut_link(self) -> None:
+        """Take the host off the network (its veth on the bridge goes down); :meth:`restore_link` undoes it."""
+        _ip_batch([f"link set {self.veth} down"])
+
+    def restore_link(self) -> None:
+        _ip_batch([f"link set {self.veth} up"])
 
     def describe(self) -> dict[str, object]:
         return {

@@ -390,3 +390,25 @@ def test_missing_prerequisites_skip_locally_and_fail_under_ci(monkeypatch: pytes
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="not running as root"):
         require_test_hosts()
+
+
+def test_blocked_ports_and_cut_links(make_hosts: MakeHosts) -> None:
+    server, client = make_hosts(2)
+
+    def reaches_ssh() -> bool:
+        probe = client.run(["timeout", "2", "bash", "-c", f"</dev/tcp/{server.ip}/22"])
+        return probe.returncode == 0
+
+    assert reaches_ssh()
+    server.block_port("tcp", 22, direction="in")
+    assert server.blocked_ports() == {"in_tcp": [22]}
+    assert not reaches_ssh()
+    server.unblock_port("tcp", 22)
+    assert server.blocked_ports() == {}
+    assert reaches_ssh()
+    server.cut_link()
+    assert not reaches_ssh()
+    server.restore_link()
+    _wait_for(reaches_ssh, message="the restored link")
+    with pytest.raises(ValueError, match="proto"):
+        server.block_port("icmp", 1)
