@@ -18,6 +18,9 @@ differs is what runs inside a host:
   cgroup (a SIGKILLed nspawn would leave the host's processes running), then the cgroups are removed deepest
   first, and the harness removes the veth, the namespace and the host's neighbour entry.
 
+On this machine the network raises ``fs.inotify.max_user_instances`` (to 8192) and ``max_user_watches`` when
+they are lower: the hosts' systemd instances share root's inotify limits with the whole machine.
+
 Inside a host: cgroup v1 hybrid, so ``MemoryMax``/``CPUQuota`` are accepted but not enforced; ``/sys`` and
 ``/proc/sys`` are read-only (``sysctl -w`` fails with "permission denied", ``net.*`` included); ``modprobe``
 fails for every module when this machine has no ``/lib/modules`` (its kernel has what it needs built in). The
@@ -72,6 +75,23 @@ REBOOT_WAIT = 30.0
 POLL = 0.05
 # Paths a host does not keep in its overlay: reached through its running PID 1 only.
 _RUNTIME_DIRS = ("/run", "/tmp", "/var/tmp", "/dev", "/proc", "/sys")
+
+
+# Every systemd (and journald, logind, dbus...) of every host takes inotify instances from root's per-user
+# limit, which is shared with the whole machine: at the kernel's default of 128 a few hosts exhaust it and
+# systemd then stalls its boot ("Failed to create inotify object: Too many open files").
+INOTIFY_LIMITS = {"max_user_instances": 8192, "max_user_watches": 524288}
+
+
+def _raise_inotify_limits() -> None:
+    """Raise (never lower) the machine's inotify limits to :data:`INOTIFY_LIMITS`."""
+    for name, wanted in INOTIFY_LIMITS.items():
+        path = Path("/proc/sys/fs/inotify") / name
+        try:
+            if int(path.read_text()) < wanted:
+                path.write_text(f"{wanted}\n")
+        except (OSError, ValueError) as error:
+            raise HostNetworkError(f"cannot raise fs.inotify.{name} to {wanted}: {error}") from error
 
 
 @functools.lru_cache(maxsize=1)
@@ -301,6 +321,7 @@ class SystemdHostNetwork(HostNetwork):
             raise HostNetworkError(f"{self.root_path} is not a root file system with systemd")
         if self._root_override is None:
             self._root_hold = rootfs.hold(self.root_path)
+        _raise_inotify_limits()
         super()._start_network()
         cgroups.create(self._names.prefix)
         Path("/run/systemd/nspawn").mkdir(parents=True, exist_ok=True)
@@ -422,10 +443,15 @@ class SystemdHostNetwork(HostNetwork):
             return f"{host.name}: no systemd running; console: {host.console_tail(1500)}"
         argv = [*_nsenter_argv(found[1]), "--"]
         parts = [f"{host.name}: systemd pid {found[1]}"]
+        for view in ("wchan", "stack"):
+            with contextlib.suppress(OSError):
+                parts.append(f"{view}: {Path(f'/proc/{found[1]}/{view}').read_text().strip()}")
         for cmd in (
             ["systemctl", "is-system-running"],
             ["systemctl", "list-jobs", "--no-pager"],
             ["systemctl", "status", "--no-pager", "-n", "20", "ssh.service"],
+            ["ps", "-eo", "pid,stat,wchan:30,cmd"],
+            ["journalctl", "--boot", "--no-pager", "-n", "40", "-o", "short-monotonic"],
         ):
             with contextlib.suppress(subprocess.SubprocessError, OSError):
                 out = subprocess.run([*argv, *cmd], capture_output=True, text=True, timeout=10)

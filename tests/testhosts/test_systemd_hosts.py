@@ -18,7 +18,7 @@ import yaml
 from tests.testhosts import cgroups, rootfs
 from tests.testhosts.fixtures import MakeHosts, require_test_hosts
 from tests.testhosts.harness import DEFAULT_CLAIMS_DIR, DEPLOY_USER, HostNetwork, cleanup_stale, instance_leftovers
-from tests.testhosts.systemd import SystemdHost
+from tests.testhosts.systemd import INOTIFY_LIMITS, SystemdHost
 
 pytestmark = pytest.mark.integration
 
@@ -94,6 +94,7 @@ def test_hosts_boot_systemd_and_accept_ssh(make_systemd_hosts: MakeHosts) -> Non
         failed = host.failed_units()
         assert state == "running", f"{host.name} is {state}, failed units {failed}: {host.journal(output='short')}"
         assert failed == []
+        assert "Too many open files" not in host.journal()
         assert host.ssh("ps -p 1 -o comm=", check=True).stdout.strip() == "systemd"
         assert host.ssh("hostname; id -un", check=True).stdout.split() == [host.name, "root"]
         as_deploy = host.ssh("id -un && sudo -n id -un && echo $HOME", user=DEPLOY_USER, check=True)
@@ -110,6 +111,8 @@ def test_hosts_boot_systemd_and_accept_ssh(make_systemd_hosts: MakeHosts) -> Non
     assert denied.returncode != 0 and "permission denied" in denied.stderr
     assert hosts[0].ssh("nft add table inet probe && nft delete table inet probe").returncode == 0
     assert len(machine_ids) == 3
+    for name, wanted in INOTIFY_LIMITS.items():
+        assert int(Path(f"/proc/sys/fs/inotify/{name}").read_text()) >= wanted
     keys = {host.run(["cat", "/etc/ssh/ssh_host_ed25519_key.pub"], check=True).stdout for host in hosts}
     assert len(keys) == 3
     assert hosts[0].run(["getent", "hosts", hosts[2].name], check=True).stdout.split()[0] == hosts[2].ip
