@@ -25,6 +25,7 @@ from .choices import (
     JobStatus,
     NodeRole,
     NodeStatus,
+    WebhookDeliveryStatus,
 )
 from .fields import EncryptedTextField, reveal
 
@@ -577,3 +578,96 @@ class APIToken(AbstractAuthToken):
 
     def __repr__(self) -> str:
         return f"<APIToken {self.pk}: {self.name}>"
+
+
+def webhook_url_problem(url: str) -> str:
+    """Why ``url`` cannot receive webhooks (empty when it can): http(s) with a host, no credentials, no fragment."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a malformed port
+    except ValueError:
+        return "Enter a valid http:// or https:// URL."
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "Enter an http:// or https:// URL with a host name."
+    if parts.username or parts.password:
+        return "Put no user name or password in the URL: the signature authenticates the portal."
+    if parts.fragment:
+        return "Remove the #fragment: it is never sent to the server."
+    return ""
+
+
+class Webhook(models.Model):
+    """A URL told when a job ends: a signed JSON POST per finished job, for every cluster or for one.
+
+    The body is signed with HMAC-SHA256 under ``secret`` (stored encrypted); see ``clusters.services.webhooks``.
+    """
+
+    name = models.CharField(max_length=100, unique=True)
+    url = models.URLField("URL", max_length=2000, help_text="http:// or https:// address that receives the POST.")
+    secret = EncryptedTextField(
+        help_text="Shared secret of the HMAC-SHA256 signature (at least 16 characters). Stored encrypted; never "
+        "shown again."
+    )
+    cluster = models.ForeignKey(
+        Cluster, on_delete=models.CASCADE, null=True, blank=True, related_name="webhooks",
+        help_text="Only this cluster's jobs. Empty: the jobs of every cluster.",
+    )
+    enabled = models.BooleanField(default=True)
+    notify_successful = models.BooleanField("jobs that succeed", default=True)
+    notify_failed = models.BooleanField("jobs that fail", default=True)
+    notify_canceled = models.BooleanField("jobs that are canceled", default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<Webhook {self.pk}: {self.name}>"
+
+    def clean(self) -> None:
+        super().clean()
+        errors: dict[str, list[str]] = {}
+        problem = webhook_url_problem(self.url or "")
+        if problem:
+            errors["url"] = [problem]
+        secret = reveal(self.secret)
+        if secret and len(secret) < 16:
+            errors["secret"] = ["Use a secret of at least 16 characters."]
+        if not (self.notify_successful or self.notify_failed or self.notify_canceled):
+            errors["notify_failed"] = ["Choose at least one kind of job end to notify."]
+        if errors:
+            raise ValidationError(errors)
+
+
+class WebhookDelivery(models.Model):
+    """One notification of one job to one webhook, with its attempts' outcome (the delivery log)."""
+
+    webhook = models.ForeignKey(Webhook, on_delete=models.CASCADE, related_name="deliveries")
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="webhook_deliveries")
+    event = models.CharField(max_length=40, help_text="job.successful, job.failed or job.canceled.")
+    payload = models.JSONField(default=dict, help_text="The JSON body sent (secrets masked).")
+    status = models.CharField(max_length=20, choices=WebhookDeliveryStatus.choices, default=WebhookDeliveryStatus.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    response_code = models.PositiveIntegerField(null=True, blank=True, help_text="HTTP status of the last attempt.")
+    response_body = models.TextField(blank=True, help_text="The start of the last response's body.")
+    error = models.TextField(blank=True, help_text="Why the last attempt failed.")
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_attempt_at = models.DateTimeField(null=True, blank=True)
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    delivered_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        verbose_name_plural = "webhook deliveries"
+        constraints = [
+            models.UniqueConstraint(fields=["webhook", "job"], name="%(app_label)s_%(class)s_once_per_job"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.event} of job #{self.job_id} to {self.webhook_id} ({self.status})"

@@ -155,7 +155,9 @@ def job_host_counts(*, job: Job) -> HostCounts:
     )
 
 
-def job_events_page(*, job_id: int, after: int = 0, limit: int = EVENTS_PAGE_DEFAULT_LIMIT) -> EventsPage:
+def job_events_page(
+    *, job_id: int, after: int = 0, limit: int = EVENTS_PAGE_DEFAULT_LIMIT, host: str = "", search: str = ""
+) -> EventsPage:
     """The events of job ``job_id`` with a counter above ``after``, at most ``limit`` of them in counter order, and
     the job's progress, in four queries. The result holds only JSON types, so any JSON encoder renders it the same.
 
@@ -164,14 +166,20 @@ def job_events_page(*, job_id: int, after: int = 0, limit: int = EVENTS_PAGE_DEF
     more than ``EVENTS_SETTLE_SECONDS`` ago (the worker stores its events before it ends the job, so nothing more
     is coming): a client polling with ``after=next_after`` can stop then. Raises ``Job.DoesNotExist`` for an
     unknown job.
+
+    ``host`` keeps only that host's events and ``search`` only those whose output or task contains the text
+    (case-insensitive); ``next_after`` then continues after the last matching event.
     """
     limit = max(1, min(int(limit), EVENTS_PAGE_MAX_LIMIT))
     job = Job.objects.only(
         "id", "status", "stage", "stages", "stages_completed", "explanation", "emitted_events", "finished_at", "result"
     ).get(pk=job_id)
-    rows = list(
-        JobEvent.objects.filter(job_id=job.pk, counter__gt=after).order_by("counter").values(*EVENT_FIELDS)[:limit]
-    )
+    events = JobEvent.objects.filter(job_id=job.pk, counter__gt=after)
+    if host:
+        events = events.filter(host_name=host)
+    if search:
+        events = events.filter(Q(stdout__icontains=search) | Q(task__icontains=search))
+    rows = list(events.order_by("counter").values(*EVENT_FIELDS)[:limit])
     results: list[EventRow] = []
     for row in rows:
         row["created"] = _isoformat(row["created"])

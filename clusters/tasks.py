@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import shared_task
 
 
@@ -10,8 +12,15 @@ def run_job(job_id: int) -> None:
     """Run a job's stages. Acknowledged on receipt: a running playbook is never delivered twice; a worker that
     dies mid-run leaves the job to the reaper."""
     from .engine.service import job_execute
+    from .services.webhooks import webhooks_notify_job
 
-    job_execute(job_id=job_id)
+    try:
+        job_execute(job_id=job_id)
+    finally:
+        try:
+            webhooks_notify_job(job_id=job_id)
+        except Exception:  # noqa: BLE001 - the sweep from beat notifies later
+            logging.getLogger(__name__).exception("job %s: could not create its webhook deliveries", job_id)
 
 
 @shared_task(name="clusters.reap_lost_jobs", ignore_result=True, soft_time_limit=120, time_limit=180)
@@ -32,3 +41,22 @@ def purge_job_events() -> None:
     from .engine.reaper import job_events_purge
 
     job_events_purge()
+
+
+@shared_task(name="clusters.deliver_webhook", bind=True, ignore_result=True, max_retries=None, soft_time_limit=120)
+def deliver_webhook(self, delivery_id: int) -> None:  # type: ignore[no-untyped-def]
+    """Send one webhook delivery; retried with exponential backoff while the receiver does not accept it."""
+    from .services.webhooks import webhook_delivery_attempt
+
+    outcome = webhook_delivery_attempt(delivery_id=delivery_id)
+    if outcome.retry_in is not None:
+        raise self.retry(countdown=outcome.retry_in, max_retries=None)
+
+
+@shared_task(name="clusters.sweep_webhooks", ignore_result=True, soft_time_limit=120, time_limit=180)
+def sweep_webhooks() -> None:
+    """Notify the webhooks of jobs that ended outside a worker (reaper, cancel before start) and enqueue overdue
+    deliveries again (every minute, from the beat schedule)."""
+    from .services.webhooks import webhooks_sweep
+
+    webhooks_sweep()

@@ -50,6 +50,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "rke2portal.health.ProbeMiddleware",  # /healthz and /readyz, before host checks and the HTTPS redirect
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -177,6 +178,9 @@ CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_BEAT_SCHEDULE = {
     "reap-lost-jobs": {"task": "clusters.reap_lost_jobs", "schedule": env.float("JOB_REAPER_INTERVAL_SECONDS", default=60.0)},
+    "sweep-webhooks": {
+        "task": "clusters.sweep_webhooks", "schedule": env.float("WEBHOOK_SWEEP_INTERVAL_SECONDS", default=60.0)
+    },
     "purge-job-events": {
         "task": "clusters.purge_job_events",
         "schedule": crontab(hour=env.int("JOB_EVENT_PURGE_HOUR", default=3), minute=17),
@@ -203,6 +207,15 @@ JOB_EVENT_FLUSH_SECONDS = env.float("JOB_EVENT_FLUSH_SECONDS", default=0.5)
 JOB_EVENT_QUEUE_SIZE = env.int("JOB_EVENT_QUEUE_SIZE", default=10000)
 # Module results longer than this many characters are dropped from stored event data.
 JOB_EVENT_MAX_RESULT_CHARS = env.int("JOB_EVENT_MAX_RESULT_CHARS", default=200000)
+# Webhooks: per-attempt timeout, attempts before giving up, and the backoff (base * 2^(attempt-1), capped).
+WEBHOOK_TIMEOUT_SECONDS = env.float("WEBHOOK_TIMEOUT_SECONDS", default=10.0)
+WEBHOOK_MAX_ATTEMPTS = env.int("WEBHOOK_MAX_ATTEMPTS", default=6)
+WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=10.0)
+WEBHOOK_RETRY_MAX_SECONDS = env.float("WEBHOOK_RETRY_MAX_SECONDS", default=3600.0)
+# Jobs ended this recently are checked by the sweep for deliveries not created yet.
+WEBHOOK_SWEEP_WINDOW_SECONDS = env.int("WEBHOOK_SWEEP_WINDOW_SECONDS", default=3600)
+# Readiness (/readyz): how long the broker connection and the worker ping may take.
+READYZ_TIMEOUT_SECONDS = env.float("READYZ_TIMEOUT_SECONDS", default=2.0)
 JOB_EVENT_RETENTION_DAYS = env.int("JOB_EVENT_RETENTION_DAYS", default=90)
 ANSIBLE_DIR = Path(env("ANSIBLE_DIR", default=str(BASE_DIR / "ansible")))
 # How RKE2 reaches the hosts: "script" (the official install script, pinned version) or "airgap" (artifacts

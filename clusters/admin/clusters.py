@@ -34,6 +34,7 @@ from ..services.clusters import (
     nodes_mark_for_removal,
 )
 from ..services.jobs import job_cancel, job_request
+from ..services.relaunch import job_relaunch, relaunch_permissions
 from .base import SERVICE_ERRORS, ServiceErrorsMixin, ServiceRejected, badge, job_url, message_service_error
 from .operations import CANCEL_JOB, DOWNLOAD_KUBECONFIG, REQUEST_JOB, ClusterOperationsMixin
 
@@ -146,6 +147,7 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
         "action_upgrade",
         "action_uninstall",
         "action_adopt",
+        "action_relaunch_last",
         "action_cancel",
     ]
     readonly_fields = (
@@ -467,6 +469,34 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
     @admin.action(description="Resume a failed install", permissions=["request_job"])
     def action_resume_install(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> None:
         self._request_jobs(request, queryset, JobKind.INSTALL, {"resume": True})
+
+    @admin.action(description="Relaunch the last finished job", permissions=["request_job"])
+    def action_relaunch_last(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> None:
+        for cluster in queryset:
+            last = cluster.jobs.exclude(status__in=ACTIVE_JOB_STATUSES).select_related("cluster").first()
+            if last is None:
+                messages.warning(request, f"{cluster.name}: no finished job to relaunch.")
+                continue
+            if not request.user.has_perms(relaunch_permissions(last.kind)):
+                messages.error(request, f"{cluster.name}: you may not request a {last.get_kind_display().lower()} job.")
+                continue
+            if last.kind == JobKind.UNINSTALL:
+                messages.warning(
+                    request,
+                    format_html('{}: relaunch the uninstall from <a href="{}">its page</a>, which asks for the name.',
+                                cluster.name, job_url(last)),
+                )
+                continue
+            try:
+                job = job_relaunch(job=last, actor=request.user)
+            except SERVICE_ERRORS as exc:
+                message_service_error(request, exc, subject=cluster.name)
+            else:
+                messages.success(
+                    request,
+                    format_html('{}: <a href="{}">{} #{}</a> requested again from #{}.', cluster.name, job_url(job),
+                                job.get_kind_display(), job.pk, last.pk),
+                )
 
     @admin.action(description="Cancel the active job", permissions=["cancel_job"])
     def action_cancel(self, request: HttpRequest, queryset: QuerySet[Cluster]) -> None:

@@ -13,10 +13,13 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from .. import selectors
+from ..choices import JobKind
 from ..models import Job, JobEvent
 from ..services.jobs import job_cancel
+from ..services.relaunch import job_relaunch, relaunch_params, relaunch_permissions
 from .base import SERVICE_ERRORS, badge, job_url, message_service_error
 from .operations import CANCEL_JOB
+from .results import result_tables
 
 __all__ = ["JobAdmin", "JobEventAdmin", "job_log_config"]
 
@@ -73,7 +76,8 @@ class JobAdmin(admin.ModelAdmin):
     fieldsets = (
         (None, {"fields": (("cluster_link", "kind"), "stages_display", "params")}),
         ("Timing", {"fields": (("requested_by", "created_at"), ("started_at", "finished_at"), "duration")}),
-        ("Outcome", {"fields": ("explanation", "rc", "emitted_events", "result", "resume_of")}),
+        ("Outcome", {"fields": ("explanation", "rc", "emitted_events", "resume_of")}),
+        ("Result as stored (JSON)", {"fields": ("result",), "classes": ("collapse",)}),
         (
             "Cancel",
             {"fields": (("cancel_requested", "cancel_requested_by", "cancel_requested_at"),), "classes": ("collapse",)},
@@ -132,6 +136,9 @@ class JobAdmin(admin.ModelAdmin):
         name = f"{self.opts.app_label}_{self.opts.model_name}"
         return [
             path("<path:object_id>/cancel/", self.admin_site.admin_view(self.cancel_view), name=f"{name}_cancel"),
+            path(
+                "<path:object_id>/relaunch/", self.admin_site.admin_view(self.relaunch_view), name=f"{name}_relaunch"
+            ),
             *super().get_urls(),
         ]
 
@@ -178,6 +185,10 @@ class JobAdmin(admin.ModelAdmin):
                     "log_config": job_log_config(job),
                     "host_summaries": list(job.host_summaries.order_by("host_name")),
                     "can_cancel": job.is_active and self.has_cancel_job_permission(request),
+                    "can_relaunch": not job.is_active and request.user.has_perms(relaunch_permissions(job.kind)),
+                    "relaunch_needs_confirm": job.kind == JobKind.UNINSTALL,
+                    "relaunch_resumes": job.kind == JobKind.INSTALL and relaunch_params(job).get("resume", False),
+                    "result_tables": result_tables(job.result),
                     "duration_display": _duration(job),
                 }
             )
@@ -201,6 +212,22 @@ class JobAdmin(admin.ModelAdmin):
             else:
                 messages.success(request, "The job was canceled before it started.")
         return HttpResponseRedirect(job_url(job))
+
+    def relaunch_view(self, request: HttpRequest, object_id: str) -> HttpResponse:
+        if request.method != "POST":
+            return HttpResponseNotAllowed(["POST"])
+        job = self.get_object(request, object_id)
+        if job is None:
+            raise Http404("No such job.")
+        if not request.user.has_perms(relaunch_permissions(job.kind)):
+            raise PermissionDenied
+        try:
+            new = job_relaunch(job=job, actor=request.user, confirm=request.POST.get("confirm", "")[:63])
+        except SERVICE_ERRORS as exc:
+            message_service_error(request, exc)
+            return HttpResponseRedirect(job_url(job))
+        messages.success(request, f"{new.get_kind_display()} #{new.pk} requested again from #{job.pk}; its log follows.")
+        return HttpResponseRedirect(job_url(new))
 
     @admin.action(description="Cancel the selected jobs", permissions=["cancel_job"])
     def action_cancel(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:

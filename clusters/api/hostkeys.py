@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 import django_filters
-from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema, extend_schema_field, extend_schema_view
 from rest_framework import serializers, status
 from rest_framework.generics import get_object_or_404
@@ -18,6 +17,7 @@ from rest_framework.response import Response
 from ..models import HostKey
 from ..services.hostkeys import fingerprint, host_key_clear
 from .filters import IdFilter
+from .ordering import LIST_FILTERS
 from .views import ERRORS, READ_ERRORS, APIViewSet
 
 __all__ = ["HostKeyViewSet"]
@@ -70,8 +70,10 @@ class HostKeyFilter(django_filters.FilterSet):
 class HostKeyViewSet(APIViewSet):
     permission_model = HostKey
     serializer_class = HostKeyOutput
-    filter_backends = (DjangoFilterBackend,)
+    filter_backends = LIST_FILTERS
     filterset_class = HostKeyFilter
+    ordering_fields = ("address", "port", "hostname", "created_at")
+    search_fields = ("address", "hostname")
     http_method_names = ["get", "delete", "head", "options"]
 
     def get_queryset(self) -> Any:

@@ -408,6 +408,21 @@ class EventsQueryInput(serializers.Serializer):
     limit = serializers.IntegerField(
         min_value=1, max_value=EVENTS_PAGE_MAX_LIMIT, required=False, default=EVENTS_PAGE_DEFAULT_LIMIT
     )
+    host = serializers.CharField(
+        max_length=255, required=False, default="", allow_blank=True,
+        help_text="Only the events of this host (exact name).",
+    )
+    search = serializers.CharField(
+        max_length=200, required=False, default="", allow_blank=True, trim_whitespace=False,
+        help_text="Only the events whose output or task contains this text (case-insensitive).",
+    )
+
+
+class RelaunchInput(serializers.Serializer):
+    confirm = serializers.CharField(
+        max_length=63, required=False, default="", allow_blank=True,
+        help_text="Relaunching an uninstall: the cluster's name, typed again.",
+    )
 
 
 class StdoutQueryInput(serializers.Serializer):

@@ -21,6 +21,7 @@ from rest_framework.response import Response
 
 from ..models import APIToken
 from ..services.tokens import api_token_create, api_token_get, api_token_revoke, api_tokens_of
+from .ordering import StrictOrderingFilter, StrictSearchFilter
 from .views import ERRORS, READ_ERRORS, APIViewSet
 
 __all__ = ["APITokenViewSet"]
@@ -76,12 +77,15 @@ class APITokenViewSet(APIViewSet):
     http_method_names = ["get", "post", "delete", "head", "options"]
     # Every authenticated user manages their own tokens: no model permission needed.
     action_permissions: ClassVar[dict[str, tuple[str, ...]]] = {"list": (), "create": (), "destroy": ()}
+    filter_backends = (StrictSearchFilter, StrictOrderingFilter)
+    ordering_fields = ("name", "created", "expiry")
+    search_fields = ("name",)
 
     def get_queryset(self) -> Any:
         return api_tokens_of(self.request.user)
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return self.paginated(self.get_queryset(), APITokenOutput)
+        return self.paginated(self.filter_queryset(self.get_queryset()), APITokenOutput)
 
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         if isinstance(request.successful_authenticator, TokenAuthentication):

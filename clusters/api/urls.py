@@ -5,9 +5,12 @@ from __future__ import annotations
 from django.urls import path
 from rest_framework.routers import SimpleRouter
 
+from .audit import AuditLogViewSet
 from .hostkeys import HostKeyViewSet
+from .root import APIRootView
 from .tokens import APITokenViewSet
 from .views import ClusterNodeViewSet, ClusterViewSet, CredentialViewSet, JobViewSet
+from .webhooks import WebhookDeliveryViewSet, WebhookViewSet
 
 app_name = "clusters-api"
 
@@ -17,8 +20,12 @@ router.register("jobs", JobViewSet, basename="job")
 router.register("credentials", CredentialViewSet, basename="credential")
 router.register("host-keys", HostKeyViewSet, basename="host-key")
 router.register("tokens", APITokenViewSet, basename="api-token")
+router.register("audit-log", AuditLogViewSet, basename="audit-log")
+router.register("webhooks", WebhookViewSet, basename="webhook")
+router.register("webhook-deliveries", WebhookDeliveryViewSet, basename="webhook-delivery")
 
 urlpatterns = [
+    path("", APIRootView.as_view(), name="api-root"),
     path(
         "clusters/<int:cluster_pk>/nodes/",
         ClusterNodeViewSet.as_view({"get": "list"}),

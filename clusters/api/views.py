@@ -12,14 +12,13 @@ from typing import Any, ClassVar
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.http import HttpResponse, StreamingHttpResponse
-from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from knox.auth import TokenAuthentication
 from rest_framework import status, viewsets
 from rest_framework.authentication import SessionAuthentication
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ParseError
+from rest_framework.exceptions import NotFound, ParseError, PermissionDenied
 from rest_framework.generics import get_object_or_404
 from rest_framework.negotiation import BaseContentNegotiation
 from rest_framework.parsers import JSONParser
@@ -38,9 +37,11 @@ from ..services.credentials import credential_create, credential_delete, credent
 from ..services.jobs import job_cancel, job_request
 from ..services.kubeconfig import kubeconfig_download
 from ..services.previews import cluster_previews, node_config_preview
+from ..services.relaunch import job_relaunch, relaunch_permissions
 from ..services.scaling import cluster_scale_in, cluster_scale_out
 from . import serializers as s
 from .filters import ClusterFilter, JobFilter, NodeFilter
+from .ordering import LIST_FILTERS
 from .pagination import StandardPagination
 from .permissions import ActionPermissions
 
@@ -177,8 +178,10 @@ def _job_action(
 )
 class ClusterViewSet(APIViewSet):
     permission_model = Cluster
-    filter_backends = (DjangoFilterBackend,)
+    filter_backends = LIST_FILTERS
     filterset_class = ClusterFilter
+    ordering_fields = ("name", "status", "rke2_version", "created_at", "updated_at", "node_count")
+    search_fields = ("name", "description", "registration_address")
     serializer_class = s.ClusterOutput
     action_permissions: ClassVar[Mapping[str, Sequence[str]]] = {
         "scale_add": ["clusters.add_node", "clusters.add_job"],
@@ -384,8 +387,10 @@ class ClusterNodeViewSet(APIViewSet):
     """The nodes of one cluster (removed ones included), oldest first."""
 
     permission_model = Node
-    filter_backends = (DjangoFilterBackend,)
+    filter_backends = LIST_FILTERS
     filterset_class = NodeFilter
+    ordering_fields = ("hostname", "internal_ip", "role", "status", "created_at")
+    search_fields = ("hostname", "internal_ip", "external_ip")
     serializer_class = s.NodeOutput
     action_permissions: ClassVar[Mapping[str, Sequence[str]]] = {
         "list": ["clusters.view_cluster", "clusters.view_node"]
@@ -407,13 +412,19 @@ class ClusterNodeViewSet(APIViewSet):
 )
 class JobViewSet(APIViewSet):
     permission_model = Job
-    filter_backends = (DjangoFilterBackend,)
+    filter_backends = LIST_FILTERS
     filterset_class = JobFilter
+    ordering_fields = {
+        "created_at": "created_at", "started_at": "started_at", "finished_at": "finished_at", "status": "status",
+        "kind": "kind", "cluster": "cluster__name",
+    }
+    search_fields = ("cluster__name", "kind", "status", "stage", "explanation")
     serializer_class = s.JobOutput
     action_permissions: ClassVar[Mapping[str, Sequence[str]]] = {
         "events": ["clusters.view_job"],
         "stdout": ["clusters.view_job"],
         "cancel": ["clusters.change_job"],
+        "relaunch": ["clusters.view_job", "clusters.add_job"],
     }
 
     def get_queryset(self) -> Any:
@@ -440,7 +451,10 @@ class JobViewSet(APIViewSet):
     def events(self, request: Request, pk: str | None = None) -> Response:
         query = self.parse(s.EventsQueryInput, request.query_params).validated_data
         try:
-            page = selectors.job_events_page(job_id=int(self.kwargs["pk"]), after=query["after"], limit=query["limit"])
+            page = selectors.job_events_page(
+                job_id=int(self.kwargs["pk"]), after=query["after"], limit=query["limit"], host=query["host"],
+                search=query["search"],
+            )
         except Job.DoesNotExist:
             raise NotFound() from None
         return Response(page)
@@ -475,6 +489,22 @@ class JobViewSet(APIViewSet):
         job = job_cancel(job=self.get_job(), actor=request.user)
         return Response(self.output(s.JobOutput, selectors.job_list().get(pk=job.pk)))
 
+    @extend_schema(
+        summary="Relaunch a finished job",
+        description="Requests a new job of the same kind with the same parameters (202, like any job request). A "
+        "failed install that ran resumes at the stage that failed; an uninstall needs `confirm` (the cluster's "
+        "name) again. 409 while this job or another job of the cluster is active, or when the cluster's state no "
+        "longer allows the job.",
+        request=s.RelaunchInput, responses={202: s.JobOutput, **ERRORS, **CONFLICT}, filters=False,
+    )
+    @action(detail=True, methods=["post"])
+    def relaunch(self, request: Request, pk: str | None = None) -> Response:
+        job = self.get_job()
+        if not request.user.has_perms(relaunch_permissions(job.kind)):
+            raise PermissionDenied(f"Relaunching a {job.get_kind_display().lower()} job needs the permissions to request one.")
+        confirm = self.parse(s.RelaunchInput, request.data).validated_data["confirm"]
+        return self.job_accepted(job_relaunch(job=job, actor=request.user, confirm=confirm))
+
 
 @extend_schema_view(
     list=extend_schema(summary="List SSH credentials", responses={200: s.CredentialOutput(many=True), **LIST_ERRORS}),
@@ -501,6 +531,9 @@ class JobViewSet(APIViewSet):
 class CredentialViewSet(APIViewSet):
     permission_model = SSHCredential
     serializer_class = s.CredentialOutput
+    filter_backends = LIST_FILTERS
+    ordering_fields = ("name", "username", "created_at", "cluster_count")
+    search_fields = ("name", "username")
 
     def get_queryset(self) -> Any:
         return selectors.credential_list()
@@ -515,7 +548,7 @@ class CredentialViewSet(APIViewSet):
         return self.output(s.CredentialOutput, self.get_queryset().get(pk=credential.pk))
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return self.paginated(self.get_queryset(), s.CredentialOutput)
+        return self.paginated(self.filter_queryset(self.get_queryset()), s.CredentialOutput)
 
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return Response(self.output(s.CredentialOutput, self.get_credential(annotated=True)))

@@ -62,6 +62,16 @@ def test_schema_lists_every_endpoint(openapi):
         "/api/host-keys/{id}/": {"get", "delete"},
         "/api/tokens/": {"get", "post"},
         "/api/tokens/{id}/": {"delete"},
+        "/api/clusters/{id}/adopt/": {"post"},
+        "/api/clusters/{id}/adoption/": {"get"},
+        "/api/": {"get"},
+        "/api/jobs/{id}/relaunch/": {"post"},
+        "/api/audit-log/": {"get"},
+        "/api/audit-log/{id}/": {"get"},
+        "/api/webhooks/": {"get", "post"},
+        "/api/webhooks/{id}/": {"get", "put", "patch", "delete"},
+        "/api/webhook-deliveries/": {"get"},
+        "/api/webhook-deliveries/{id}/": {"get"},
     }
     found = {path: set(item) - {"parameters"} for path, item in openapi["paths"].items()}
     assert found == expected

@@ -1,7 +1,8 @@
 /*
  * Live log of a job: polls the job's events (GET /api/jobs/<id>/events/?after=<counter>) about once a second,
  * appends their output with colours, follows the end unless the reader scrolled up, keeps at most a fixed number
- * of lines on screen, and updates the progress bar, host counts and per-host summary.
+ * of lines on screen, and updates the progress bar, host counts and per-host summary. The host list and the search
+ * box filter the log on the server (?host=, ?search=): changing them reloads the log from its start.
  */
 (function () {
   "use strict";
@@ -28,6 +29,58 @@
     var retryDelay = config.pollInterval;
     var hosts = {};
     var hostOrder = [];
+    var hostSelect = document.getElementById("log-host");
+    var searchInput = document.getElementById("log-search");
+    var filterHost = "";
+    var filterSearch = "";
+    var generation = 0;
+    var timer = null;
+    var inFlight = false;
+    var searchTimer = null;
+    var knownHosts = {};
+
+    if (hostSelect) {
+      Array.prototype.forEach.call(hostSelect.options, function (option) { knownHosts[option.value] = true; });
+    }
+
+    function filtered() { return Boolean(filterHost || filterSearch); }
+
+    function offerHost(name) {
+      if (!hostSelect || !name || knownHosts[name]) { return; }
+      knownHosts[name] = true;
+      var option = document.createElement("option");
+      option.value = name;
+      option.textContent = name;
+      hostSelect.appendChild(option);
+    }
+
+    function applyFilter() {
+      var host = hostSelect ? hostSelect.value : "";
+      var search = searchInput ? searchInput.value : "";
+      if (host === filterHost && search === filterSearch) { return; }
+      filterHost = host;
+      filterSearch = search;
+      generation += 1;
+      after = 0;
+      lines = 0;
+      dropped = 0;
+      hosts = {};
+      hostOrder = [];
+      log.replaceChildren();
+      truncated.hidden = true;
+      root.setAttribute("data-finished", "false");
+      root.setAttribute("data-filter", filtered() ? "true" : "false");
+      stateText.textContent = "Loading…";
+      if (!inFlight) { schedule(0); }
+    }
+
+    if (hostSelect) { hostSelect.addEventListener("change", applyFilter); }
+    if (searchInput) {
+      searchInput.addEventListener("input", function () {
+        window.clearTimeout(searchTimer);
+        searchTimer = window.setTimeout(applyFilter, 300);
+      });
+    }
 
     truncated.querySelector("[data-max-lines]").textContent = config.maxLines.toLocaleString("en");
 
@@ -56,7 +109,8 @@
       var fragment = document.createDocumentFragment();
       var added = 0;
       events.forEach(function (event) {
-        tallyHost(event);
+        offerHost(event.host_name);
+        if (!filtered()) { tallyHost(event); }
         if (!event.stdout) { return; }
         var converter = new window.Rke2Ansi.Converter();
         var text = event.stdout.replace(/\r\n/g, "\n").replace(/\n$/, "");
@@ -164,11 +218,18 @@
     // --- polling ----------------------------------------------------------------------------------------------
 
     function schedule(delay) {
-      window.setTimeout(poll, delay);
+      window.clearTimeout(timer);
+      timer = window.setTimeout(poll, delay);
     }
 
     function poll() {
+      timer = null;
+      if (inFlight) { return; }
+      inFlight = true;
+      var mine = generation;
       var url = config.eventsUrl + "?after=" + after + "&limit=" + config.pageSize;
+      if (filterHost) { url += "&host=" + encodeURIComponent(filterHost); }
+      if (filterSearch) { url += "&search=" + encodeURIComponent(filterSearch); }
       fetch(url, { credentials: "same-origin", headers: { Accept: "application/json" }, cache: "no-store" })
         .then(function (response) {
           if (response.status === 401 || response.status === 403) {
@@ -178,6 +239,8 @@
           return response.json();
         })
         .then(function (page) {
+          inFlight = false;
+          if (mine !== generation) { schedule(0); return; }
           retryDelay = config.pollInterval;
           appendEvents(page.results);
           renderHosts();
@@ -185,7 +248,7 @@
           renderJob(page.job, page.finished);
           var more = page.results.length >= config.pageSize;
           if (page.finished && !more) {
-            stateText.textContent = "Finished: " + after + " events.";
+            stateText.textContent = filtered() ? "Finished; showing the matching events only." : "Finished: " + after + " events.";
             root.setAttribute("data-finished", "true");
             return;
           }
@@ -193,6 +256,8 @@
           schedule(more ? 0 : config.pollInterval);
         })
         .catch(function (error) {
+          inFlight = false;
+          if (mine !== generation) { schedule(0); return; }
           stateText.textContent = (error && error.message) || "Connection lost; retrying.";
           if (error && error.fatal) { return; }
           retryDelay = Math.min(retryDelay * 2, MAX_RETRY_MS);
