@@ -214,7 +214,28 @@ def test_ansible_systemd_service_over_ssh_on_three_hosts(
         {"name": "Read the services", "ansible.builtin.service_facts": {}},
         {
             "name": "Check it runs",
-            "ansible.builtin.assert": {"that": ["ansible_facts.services['notify-demo.service'].state == 'running'"]},
+            "ansible.builtin.assert": {
+                "that": [
+                    "ansible_facts.services['notify-demo.service'].state == 'running'",
+                    "ansible_facts.services['notify-demo.service'].status == 'enabled'",
+                ]
+            },
+        },
+        {
+            "name": "Read its journal",
+            "ansible.builtin.command": "journalctl -u notify-demo.service --no-pager -o cat",
+            "register": "journal",
+            "changed_when": False,
+        },
+        {
+            "name": "Check both starts waited for READY=1",
+            "ansible.builtin.assert": {
+                "that": ["journal.stdout_lines | select('equalto', 'notify-demo ready') | list | length == 2"]
+            },
+        },
+        {
+            "name": "Stop and disable it",
+            "ansible.builtin.systemd_service": {"name": "notify-demo", "state": "stopped", "enabled": False},
         },
     ]
     playbook = [{"name": "Drive systemd", "hosts": "all", "become": True, "gather_facts": False, "tasks": tasks}]
@@ -234,25 +255,11 @@ def test_ansible_systemd_service_over_ssh_on_three_hosts(
 
     assert (runner.status, runner.rc) == ("successful", 0), runner.stdout.read()
     assert set(runner.stats["ok"]) == {host.name for host in hosts}
+    assert runner.stats["failures"] == {}
     for host in hosts:
-        assert host.systemctl("is-active", "notify-demo.service").stdout.strip() == "active"
-        assert host.systemctl("is-enabled", "notify-demo.service").stdout.strip() == "enabled"
+        assert host.systemctl("is-active", "notify-demo.service").stdout.strip() == "inactive"
+        assert host.systemctl("is-enabled", "notify-demo.service").stdout.strip() == "disabled"
         assert host.journal("notify-demo.service").count("notify-demo ready") == 2
-
-    stop = [{"name": "Stop", "hosts": "all", "become": True, "gather_facts": False, "tasks": [
-        {"ansible.builtin.systemd_service": {"name": "notify-demo", "state": "stopped", "enabled": False}},
-    ]}]  # fmt: skip
-    (project / "stop.yml").write_text(yaml.safe_dump(stop, sort_keys=False))
-    runner = ansible_runner.run(
-        private_data_dir=str(tmp_path / "runner"),
-        project_dir=str(project),
-        playbook="stop.yml",
-        inventory=systemd_host_network.inventory(hosts, user=DEPLOY_USER),
-        envvars=systemd_ansible_ssh_env,
-        quiet=True,
-    )
-    assert (runner.status, runner.rc) == ("successful", 0), runner.stdout.read()
-    assert hosts[1].systemctl("is-active", "notify-demo.service").stdout.strip() == "inactive"
 
 
 def test_reboot_keeps_the_files_and_gets_a_new_boot(make_systemd_hosts: MakeHosts) -> None:
