@@ -4,7 +4,7 @@ stored."""
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 from django.utils import timezone
@@ -16,26 +16,35 @@ from .conftest import add_events, make_job
 
 
 @pytest.fixture
-def broker_down() -> Iterator[None]:
-    """The Celery application of this process pointed at a port where no broker listens."""
+def api(make_user, client_for):
+    """A superuser's client: the transactional tests below run after the groups' data migration was flushed."""
+    return client_for(make_user("chief", superuser=True))
+
+
+@pytest.fixture
+def broker_down() -> Iterator[Callable[[], None]]:
+    """The Celery application of this process pointed at a port where no broker listens; the fixture's value
+    brings the broker back."""
+    from kombu import pools
+
     from rke2portal.celery import app
 
-    def reset() -> None:
-        app.pool.force_close_all()
+    old = app.conf.broker_write_url
+
+    def point_at(url: str) -> None:
+        app.conf.broker_write_url = url  # what publishing uses (set from broker_url at configuration)
+        pools.reset()  # kombu's process-wide connection and producer pools
         app._pool = None
         app.amqp._producer_pool = None
 
-    old = app.conf.broker_url
-    app.conf.broker_url = "redis://127.0.0.1:9/0"
-    reset()
+    point_at("redis://127.0.0.1:9/0")
     try:
-        yield
+        yield lambda: point_at(old)
     finally:
-        app.conf.broker_url = old
-        reset()
+        point_at(old)
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_a_job_requested_while_the_broker_is_down_is_refused_with_503_and_leaves_nothing_pending(
     api, installed_cluster, broker_down
 ):
@@ -51,15 +60,10 @@ def test_a_job_requested_while_the_broker_is_down_is_refused_with_503_and_leaves
     assert job.dispatched_at is None and job.finished_at is not None
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True)
 def test_after_the_broker_is_back_the_cluster_takes_a_job_again(api, installed_cluster, broker_down):
     assert api.post(f"/api/clusters/{installed_cluster.pk}/health/", {}, format="json").status_code == 503
-    from rke2portal.celery import app
-
-    app.conf.broker_url = "memory://"
-    app.pool.force_close_all()
-    app._pool = None
-    app.amqp._producer_pool = None
+    broker_down()  # the broker is back
     response = api.post(f"/api/clusters/{installed_cluster.pk}/health/", {}, format="json")
     assert response.status_code == 202, response.content
     job = Job.objects.get(pk=response.json()["id"])
