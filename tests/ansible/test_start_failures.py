@@ -82,9 +82,9 @@ class Bench:
         return self.runner.run(playbook, rendered, variables, secret_overrides={"rke2_token": token} if token else None)
 
 
-def run_job(cluster: Cluster, kind: str) -> Job:
+def run_job(cluster: Cluster, kind: str, **params: Any) -> Job:
     """A job requested through the service and run in this process by the engine, as a worker runs it."""
-    job = job_request(cluster=Cluster.objects.get(pk=cluster.pk), kind=kind)
+    job = job_request(cluster=Cluster.objects.get(pk=cluster.pk), kind=kind, params=params)
     job_execute(job_id=job.pk)
     job.refresh_from_db()
     return job
@@ -253,7 +253,7 @@ def test_install_kubeconfig_and_uninstall_with_a_data_dir(bench: Bench, settings
     assert listed.returncode == 0, listed.stderr
     assert sorted(listed.stdout.split()) == ["node/d1", "node/d2"]
 
-    uninstall = run_job(cluster, JobKind.UNINSTALL)
+    uninstall = run_job(cluster, JobKind.UNINSTALL, confirm=cluster.name)
 
     assert uninstall.status == JobStatus.SUCCESSFUL, uninstall.explanation
     for host in (server, worker):
