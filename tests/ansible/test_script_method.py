@@ -177,6 +177,7 @@ def rke2_installed(host: Host) -> bool:
 # ------------------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.timeout(1500)  # four jobs; several minutes when the machine is busy
 def test_install_scale_out_and_upgrade_with_the_install_script(portal: Site) -> None:
     cluster = portal.cluster("script", [(MASTER, "server"), (WORKER, "agent")])
 
