@@ -38,7 +38,7 @@ def resume_to_success(portal: Portal, cluster: dict[str, Any]) -> dict[str, Any]
 
 
 def test_redis_restarted_mid_job(stack: Stack, portal: Portal, make_hosts: MakeHosts, make_cluster, host_network):
-    hosts = make_hosts(2)
+    hosts = make_hosts(1)  # one server: the fault hits its own stage
     cluster = make_cluster(hosts, name="redis-restart")
     job = install(portal, cluster)
     wait_stage_running(stack, job["id"], "initial_master")
@@ -63,7 +63,7 @@ def test_redis_restarted_mid_job(stack: Stack, portal: Portal, make_hosts: MakeH
 
 
 def test_postgres_restarted_mid_job(stack: Stack, portal: Portal, make_hosts: MakeHosts, make_cluster, host_network):
-    hosts = make_hosts(2)
+    hosts = make_hosts(1)  # one server: the fault hits its own stage
     cluster = make_cluster(hosts, name="pg-restart")
     job = install(portal, cluster)
     wait_stage_running(stack, job["id"], "initial_master")
@@ -81,7 +81,7 @@ def test_postgres_restarted_mid_job(stack: Stack, portal: Portal, make_hosts: Ma
 def test_worker_stopped_with_sigterm_finishes_its_job(
     stack: Stack, portal: Portal, make_hosts: MakeHosts, make_cluster, host_network
 ):
-    hosts = make_hosts(2)
+    hosts = make_hosts(1)  # one server: the fault hits its own stage
     cluster = make_cluster(hosts, name="sigterm")
     job = install(portal, cluster)
     row = wait_stage_running(stack, job["id"], "initial_master")
@@ -123,7 +123,7 @@ def test_worker_killed_with_sigkill(stack: Stack, portal: Portal, make_hosts: Ma
 
 
 def test_jobs_folder_full(stack: Stack, portal: Portal, make_hosts: MakeHosts, make_cluster, host_network):
-    hosts = make_hosts(2)
+    hosts = make_hosts(1)  # one server: the fault hits its own stage
     cluster = make_cluster(hosts, name="disk-full")
     job = install(portal, cluster)
     row = wait_stage_running(stack, job["id"], "initial_master")
