@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from clusters.choices import JobKind, JobStatus, NodeRole
-from clusters.engine.redaction import MASK
+from clusters.engine.redaction import MASK, Redactor
 from clusters.engine.service import job_execute
 from clusters.fields import reveal
 from clusters.models import Job, JobEvent, Node
@@ -103,3 +103,14 @@ def test_a_preflight_failure_stores_no_secret_in_node_errors(fake_project: FakeP
     assert MASK in Job.objects.get(pk=job.pk).explanation
     report = scan_database([token])
     assert report.findings == [], report.findings
+
+
+def test_secrets_learnt_during_a_job_are_masked_from_then_on() -> None:
+    # A kubeconfig fetched by a stage: its credentials are masked in whatever the job stores afterwards.
+    redactor = Redactor(["a-cluster-token-0123456789"])
+    key_data = "TmV3Q2xpZW50S2V5RGF0YTAxMjM0NTY3ODk="
+    assert redactor.text(f"key {key_data}") == f"key {key_data}"
+    redactor.add([key_data])
+    assert redactor.text(f"key {key_data}") == f"key {MASK}"
+    assert redactor.data({"facts": [key_data]}) == {"facts": [MASK]}
+    assert redactor.text("token a-cluster-token-0123456789") == f"token {MASK}"
