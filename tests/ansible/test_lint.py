@@ -25,6 +25,7 @@ PLAYBOOKS = (
     "kubeconfig.yml",
     "uninstall.yml",
     "health.yml",
+    "adopt.yml",
 )
 
 
@@ -38,7 +39,7 @@ def test_content_is_data_only() -> None:
 
 def test_roles_declare_their_arguments() -> None:
     roles = sorted(path.name for path in (ANSIBLE_DIR / "roles").iterdir() if path.is_dir())
-    assert roles == ["rke2_agent", "rke2_common", "rke2_server"]
+    assert roles == ["rke2_adopt", "rke2_agent", "rke2_common", "rke2_server"]
     for role in roles:
         assert (ANSIBLE_DIR / "roles" / role / "meta" / "argument_specs.yml").is_file(), role
 
