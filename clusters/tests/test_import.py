@@ -127,6 +127,7 @@ def assert_imported_as_expected(output: str, error: CommandError | None) -> None
     assert error is not None and "1 cluster(s) skipped as invalid" in str(error)
     assert "note: edge: no token in the source: a new one is generated" in output
     assert "imported: prod (4 nodes, initial master cp1)" in output
+    assert "next: prod: assign an SSH credential, then run the adopt job" in output
 
     assert sorted(Cluster.objects.values_list("name", flat=True)) == ["edge", "prod"]
     assert not Node.objects.filter(hostname__in=["ok1", "bad_host", "b3"]).exists()  # skipped whole

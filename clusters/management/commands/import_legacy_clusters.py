@@ -58,6 +58,10 @@ class Command(BaseCommand):
                 )
                 for note in outcome.notes:
                     self.stdout.write(self.style.WARNING(f"    note: {outcome.name}: {note}"))
+                self.stdout.write(
+                    f"    next: {outcome.name}: assign an SSH credential, then run the adopt job; install, scale "
+                    "and upgrade jobs are refused until it has read what runs on the nodes."
+                )
             elif outcome.action == "exists":
                 self.stdout.write(f"skipped: {outcome.name} (already present; left unchanged)")
             else:
