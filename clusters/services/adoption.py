@@ -273,9 +273,21 @@ def _parse_node(node: Node, data: Mapping[str, Any]) -> _NodeFinding:
 def _kept_keys(finding: _NodeFinding) -> dict[str, Any]:
     """Keys of the node's ``config.yaml`` the portal does not manage: kept on every render. Drop-in files are left
     alone by the portal, so their keys need no keeping."""
+    from inventory.variables import extra_config
+
     managed = _managed_keys()
     document = finding.files.get(CONFIG_FILE) or {}
-    kept = {key: value for key, value in document.items() if key.rstrip("+") not in managed}
+    # What the portal writes anyway (its defaults, the cluster's and the node's extra config) is not kept: it stays
+    # the portal's, so that a key later removed from the extra config is removed from the node too.
+    node = finding.node
+    node.kept_config = ""
+    rendered = extra_config(node, node.cluster)
+    kept = {
+        key: value
+        for key, value in document.items()
+        if key.rstrip("+") not in managed
+        and not (key in rendered and _normalized(key, rendered[key]) == _normalized(key, value))
+    }
     secrets = sorted(key for key in kept if _is_secret_key(key))
     if secrets:
         # Kept keys go into inventories and previews, which are not secret: credentials stay on the node instead.

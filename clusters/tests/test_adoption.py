@@ -304,3 +304,16 @@ def test_validation_of_kept_config_is_not_required_for_what_runs(imported):
     adoption_record(imported.pk, None, files)
     server.refresh_from_db()
     assert kept_config_of(server)["write-kubeconfig-mode"] == "0644"
+
+
+def test_keys_the_portal_writes_itself_are_not_kept(imported):
+    """On nodes whose config.yaml the portal wrote, its own defaults and extra config stay the portal's."""
+    Cluster.objects.filter(pk=imported.pk).update(cluster_vars={"etcd-snapshot-retention": 7})
+    findings = findings_for(imported)
+    server = imported.cluster_nodes.order_by("pk").first()
+    findings[server.hostname]["files"]["config.yaml"] = b64(
+        yaml.safe_dump({"write-kubeconfig-mode": "0600", "etcd-snapshot-retention": 7, "profile": "cis"})
+    )
+    adoption_record(imported.pk, None, findings)
+    server.refresh_from_db()
+    assert kept_config_of(server) == {"profile": "cis"}

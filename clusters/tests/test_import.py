@@ -9,8 +9,7 @@ import os
 import sqlite3
 import uuid
 from collections.abc import Iterator
-from datetime import datetime
-from datetime import timezone as dt_timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -135,7 +134,7 @@ def assert_imported_as_expected(output: str, error: CommandError | None) -> None
     prod = Cluster.objects.get(name="prod")
     assert (prod.rke2_version, prod.registration_address, prod.cni) == ("v1.28.5+rke2r1", "10.0.0.100", "calico")
     assert (prod.status, prod.installation_stage) == (ClusterStatus.ACTIVE, InstallationStage.COMPLETE)
-    assert prod.bootstrapped_at == datetime(2024, 3, 1, 10, 15, tzinfo=dt_timezone.utc)
+    assert prod.bootstrapped_at == datetime(2024, 3, 1, 10, 15, tzinfo=UTC)
     assert reveal(prod.token) == PROD_TOKEN
     nodes = {node.hostname: node for node in prod.cluster_nodes.all()}
     assert {name: node.role for name, node in nodes.items()} == {
@@ -456,12 +455,16 @@ def test_unreachable_postgres_source_is_reported_without_its_password():
 OLD_SCHEMA_AFTER_001 = [
     "CREATE TYPE noderole AS ENUM ('INITIAL_MASTER', 'MASTER', 'WORKER')",
     "CREATE TYPE nodestatus AS ENUM ('PENDING', 'INSTALLING', 'ACTIVE', 'FAILED', 'REMOVED')",
-    "CREATE TABLE clusters (id SERIAL PRIMARY KEY, name VARCHAR NOT NULL UNIQUE, version VARCHAR, token VARCHAR, "
-    "server_url VARCHAR, cni VARCHAR, status VARCHAR, installation_stage VARCHAR, created_at TIMESTAMP, "
-    "cluster_vars JSON)",
-    "CREATE TABLE nodes (id SERIAL PRIMARY KEY, cluster_id INTEGER NOT NULL REFERENCES clusters(id), "
-    "hostname VARCHAR NOT NULL, internal_ip VARCHAR NOT NULL, external_ip VARCHAR, role noderole NOT NULL, "
-    "status nodestatus NOT NULL, use_external_ip BOOLEAN DEFAULT false, node_vars JSON, created_at TIMESTAMP)",
+    (
+        "CREATE TABLE clusters (id SERIAL PRIMARY KEY, name VARCHAR NOT NULL UNIQUE, version VARCHAR, "
+        "token VARCHAR, server_url VARCHAR, cni VARCHAR, status VARCHAR, installation_stage VARCHAR, "
+        "created_at TIMESTAMP, cluster_vars JSON)"
+    ),
+    (
+        "CREATE TABLE nodes (id SERIAL PRIMARY KEY, cluster_id INTEGER NOT NULL REFERENCES clusters(id), "
+        "hostname VARCHAR NOT NULL, internal_ip VARCHAR NOT NULL, external_ip VARCHAR, role noderole NOT NULL, "
+        "status nodestatus NOT NULL, use_external_ip BOOLEAN DEFAULT false, node_vars JSON, created_at TIMESTAMP)"
+    ),
 ]
 
 
