@@ -14,6 +14,8 @@ inventories and variables through plain ansible-runner (no job, no events stored
 job engine adds; the rest of the distance to the floor is the playbooks' own work. Needs root (network
 namespaces). Settings: ``BENCH_WORKERS`` (N), ``BENCH_SERVER_START_DELAY`` and ``BENCH_AGENT_START_DELAY``
 (seconds, default 30 and 20: an RKE2 server typically needs 30 to 60 s to become Ready, an agent 20 to 30 s).
+The hosts run systemd as PID 1 (``BENCH_HOST_FLAVOUR=systemd``, the default; ``namespace`` for the hosts without
+systemd), so the stand-in RKE2 starts as a ``Type=notify`` unit as RKE2 does.
 Also prints the tasks the install spent most wall time in (``BENCH_PROFILE_TOP``, default 12) and, with
 ``BENCH_INSTALL_TRACE=1``, each stage's first and last event, each node's service start and the stand-in's own log
 milestones (``2``: also every task's start, on which hosts).
@@ -39,7 +41,12 @@ def main() -> bool:
 
     from tests.testhosts.harness import HostNetwork, missing_prerequisites
 
+    flavour = os.environ.get("BENCH_HOST_FLAVOUR", "systemd")
     problems = missing_prerequisites()
+    if not problems and flavour == "systemd":
+        from tests.testhosts.systemd import missing_systemd_prerequisites
+
+        problems = missing_systemd_prerequisites()
     if problems:
         print("cannot run: " + "; ".join(problems), file=sys.stderr)
         return False
@@ -69,7 +76,8 @@ def main() -> bool:
     from .bench_events import setup_database
 
     database = setup_database()
-    network = HostNetwork().start()
+    network = HostNetwork(flavour=flavour).start()
+    print(f"test hosts: {flavour}")
     try:
         return _run(network, workers=workers, server_delay=server_delay, agent_delay=agent_delay, database=database)
     finally:
