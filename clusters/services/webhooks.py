@@ -59,6 +59,8 @@ EVENT_HEADER = "X-RKE2-Portal-Event"
 DELIVERY_HEADER = "X-RKE2-Portal-Delivery"
 USER_AGENT = "rke2portal-webhooks/1"
 RESPONSE_BODY_CHARS = 2000
+# A delivery whose attempt is this late is taken as lost (its message is gone) and enqueued again by the sweep.
+_OVERDUE_SECONDS = 300
 _EDITABLE = ("name", "url", "cluster", "enabled", "notify_successful", "notify_failed", "notify_canceled")
 _STATUS_FLAG = {
     JobStatus.SUCCESSFUL: "notify_successful",
@@ -223,8 +225,8 @@ def webhooks_sweep(*, now: dt.datetime | None = None) -> list[int]:
         status__in=(WebhookDeliveryStatus.PENDING, WebhookDeliveryStatus.RETRYING),
         created_at__gte=window,
     ).filter(
-        Q(next_attempt_at__lt=now - dt.timedelta(seconds=settings.WEBHOOK_TIMEOUT_SECONDS * 2))
-        | Q(next_attempt_at__isnull=True, created_at__lt=now - dt.timedelta(seconds=60))
+        Q(next_attempt_at__lt=now - dt.timedelta(seconds=_OVERDUE_SECONDS))
+        | Q(next_attempt_at__isnull=True, created_at__lt=now - dt.timedelta(seconds=_OVERDUE_SECONDS))
     )
     for delivery_id in overdue.values_list("pk", flat=True):
         transaction.on_commit(partial(_enqueue, delivery_id), robust=True)

@@ -298,3 +298,27 @@ def test_celery_task_retries_until_delivered(
     assert delivery.status == WebhookDeliveryStatus.DELIVERED, delivery.error
     assert delivery.attempts == 3 and delivery.response_code == 200
     assert len(server.requests) == 3
+
+
+@pytest.mark.django_db
+def test_sweep_enqueues_overdue_deliveries_again(
+    cluster: Any, django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clusters.tasks import deliver_webhook
+
+    sent: list[Any] = []
+    monkeypatch.setattr(deliver_webhook, "apply_async", lambda *args, **kwargs: sent.append(kwargs["args"]))
+    created = hook("https://a.example.com/")
+    job = finished(cluster)
+    with django_capture_on_commit_callbacks(execute=True):
+        (delivery_id,) = webhooks_notify_job(job_id=job.pk)
+    assert sent == [[delivery_id]]
+    late = timezone.now() - timezone.timedelta(minutes=10)
+    WebhookDelivery.objects.filter(pk=delivery_id).update(status="retrying", next_attempt_at=late)
+    with django_capture_on_commit_callbacks(execute=True):
+        assert webhooks_sweep() == []
+    assert sent == [[delivery_id], [delivery_id]]
+    WebhookDelivery.objects.filter(pk=delivery_id).update(status="delivered")
+    with django_capture_on_commit_callbacks(execute=True):
+        webhooks_sweep()
+    assert len(sent) == 2 and created.pk
