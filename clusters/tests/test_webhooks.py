@@ -41,7 +41,7 @@ class Receiver:
         receiver = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the stdlib's name
+            def do_POST(self) -> None:  # the stdlib's name
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
                 receiver.requests.append({"path": self.path, "headers": self.headers, "body": body})
                 status = receiver.statuses.pop(0) if len(receiver.statuses) > 1 else receiver.statuses[0]
@@ -279,7 +279,8 @@ def test_redirects_are_not_followed_and_unreachable_receivers_retry(
 
 @pytest.mark.django_db(transaction=True)
 def test_celery_task_retries_until_delivered(
-    worker_factory: Callable[..., Any], receiver: Callable[..., Receiver]
+    worker_factory: Callable[..., Any],  # noqa: F811
+    receiver: Callable[..., Receiver],
 ) -> None:
     server = receiver([500, 500, 200])
     cluster = make_cluster("alpha", servers=1, workers=0, ssh_credential=make_credential("ops"))
