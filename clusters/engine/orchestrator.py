@@ -260,6 +260,8 @@ class StageOrchestrator:
             if not targets:
                 raise StageError("no node is marked for removal.")
             return InventoryRenderer.render_for_scale_remove(self.cluster, targets)
+        if kind == JobKind.ADOPT:
+            return InventoryRenderer.render_for_operation(self.cluster, adoption.adoption_node_ids(self.cluster))
         return InventoryRenderer.render_for_operation(self.cluster)
 
     def _stage_nodes(self, stage: str, rendered: RenderedInventory) -> dict[str, int]:

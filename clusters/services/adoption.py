@@ -44,7 +44,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from .. import validators
-from ..choices import LIVE_NODE_STATUSES, SERVER_ROLES, Cni
+from ..choices import LIVE_NODE_STATUSES, SERVER_ROLES, Cni, NodeStatus
 from ..fields import MASK, reveal
 from ..models import Cluster, Job, Node
 from .audit import audit_record
@@ -55,6 +55,7 @@ __all__ = [
     "NodeDifferences",
     "adoption_differences",
     "adoption_finish",
+    "adoption_node_ids",
     "adoption_record",
     "adoption_workdir",
     "kept_config_of",
@@ -79,6 +80,16 @@ _LIST_KEYS = frozenset({"tls-san", "node-label", "node-taint", "disable", "cni"}
 _TOKEN_KEYS = frozenset({"token", "agent-token"})
 _SECRET_KEY_RE = re.compile(r"(secret|token|password|passwd|access-key|private-key)")
 _NOT_SECRET = frozenset({"secrets-encryption", "secrets-encryption-provider"})
+
+
+# The nodes an adopt job reads: those that run RKE2. Pending nodes were never installed and failed ones are
+# installed again by the next scale-out (with the portal's configuration), so neither holds anything to keep.
+ADOPTED_STATUSES = (NodeStatus.ACTIVE,)
+
+
+def adoption_node_ids(cluster: Cluster) -> list[int]:
+    """The nodes the adopt job reads, in inventory order."""
+    return list(cluster.cluster_nodes.filter(status__in=ADOPTED_STATUSES).order_by("pk").values_list("pk", flat=True))
 
 
 class AdoptionError(Exception):
@@ -309,7 +320,7 @@ def adoption_record(cluster_id: int, job: Job | None, findings: Mapping[str, Map
     :class:`AdoptionError` when it cannot be recorded; nothing is stored then."""
     with transaction.atomic():
         cluster = Cluster.objects.select_for_update().get(pk=cluster_id)
-        nodes = list(cluster.cluster_nodes.filter(status__in=LIVE_NODE_STATUSES).order_by("pk"))
+        nodes = list(cluster.cluster_nodes.filter(status__in=ADOPTED_STATUSES).order_by("pk"))
         missing = [node.hostname for node in nodes if node.hostname not in findings]
         if missing:
             raise AdoptionError(f"no findings for {', '.join(missing)}.")

@@ -69,7 +69,7 @@ def imported() -> Cluster:
 
 
 def findings_for(cluster: Cluster, *, server_files=None, agent_files=None, token=SERVER_TOKEN) -> dict:
-    server, agent = cluster.cluster_nodes.order_by("pk")
+    server, agent = list(cluster.cluster_nodes.order_by("pk"))[:2]
     server_files = server_files or {
         "config.yaml": {
             "token": "handmade-secret-0123456789",
@@ -317,3 +317,28 @@ def test_keys_the_portal_writes_itself_are_not_kept(imported):
     adoption_record(imported.pk, None, findings)
     server.refresh_from_db()
     assert kept_config_of(server) == {"profile": "cis"}
+
+
+def test_only_running_nodes_are_read(imported):
+    """Pending nodes were never installed and failed ones are installed again by the next scale-out: the adopt job
+    reads the active nodes only, and the others are listed as not read."""
+    from clusters.services.adoption import adoption_node_ids
+    from clusters.services.clusters import nodes_add
+
+    Cluster.objects.filter(pk=imported.pk).update(adoption_required=False)
+    pending, failed = nodes_add(
+        cluster=imported,
+        nodes=[
+            {"hostname": "later", "internal_ip": "10.0.0.201", "role": "agent"},
+            {"hostname": "broken", "internal_ip": "10.0.0.202", "role": "agent"},
+        ],
+    )
+    Node.objects.filter(pk=failed.pk).update(status=NodeStatus.FAILED)
+    Cluster.objects.filter(pk=imported.pk).update(adoption_required=True)
+    active = list(imported.cluster_nodes.filter(status=NodeStatus.ACTIVE).order_by("pk").values_list("pk", flat=True))
+    assert adoption_node_ids(imported) == active
+    adoption_record(imported.pk, None, findings_for(imported))
+    imported.refresh_from_db()
+    assert not imported.adoption_required
+    read = {item.hostname: item.read for item in adoption_differences(imported)}
+    assert read["later"] is False and read["broken"] is False
