@@ -1,9 +1,13 @@
-"""The whole RKE2 lifecycle over real SSH: the portal's playbooks against test hosts running the stand-in RKE2.
+"""The whole RKE2 lifecycle over real SSH: the portal's playbooks against systemd test hosts running the stand-in RKE2.
+
+The hosts run systemd as PID 1, as the machines the portal manages do: the stand-in's units have the real ones'
+semantics (``Type=notify``, ``Restart=always``, ``KillMode=process``) and log to the journal.
 
 One cluster is shared by the tests of this module, which run in order and build on each other: preflight,
 staged install (as a sudo user), an idempotent second run, scale-out, the quorum guard, scale-in of a worker and of
 a master, the upgrade guards and a rolling upgrade, a join with a wrong token, health and kubeconfig, ungraceful
-removal of a lost host, a rebuilt initial master that must join instead of bootstrapping, uninstall. The last
+removal of a lost host, a rebuilt initial master that must join instead of bootstrapping, uninstall. A join with a
+wrong token also shows that a unit that did not start is stopped and disabled instead of restarting forever. The last
 test checks that no secret reached any event or artifact of all those runs.
 
 Inventories come from ``inventory.renderers`` over real ``Cluster``/``Node`` rows; playbooks run through
