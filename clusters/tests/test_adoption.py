@@ -342,3 +342,17 @@ def test_only_running_nodes_are_read(imported):
     assert not imported.adoption_required
     read = {item.hostname: item.read for item in adoption_differences(imported)}
     assert read["later"] is False and read["broken"] is False
+
+
+def test_the_api_refuses_an_upgrade_before_the_adoption(imported, client):
+    from django.contrib.auth import get_user_model
+
+    client.force_login(get_user_model().objects.create_superuser("root", password="pw"))
+    response = client.post(
+        reverse("clusters-api:cluster-upgrade", args=[imported.pk]),
+        {"target_version": "v1.32.1+rke2r1"},
+        content_type="application/json",
+    )
+    assert response.status_code == 409
+    assert "Run the adopt job first" in response.json()["message"]
+    assert not imported.jobs.exists()
