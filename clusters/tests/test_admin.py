@@ -486,7 +486,9 @@ def test_install_page_shows_the_plan_and_starts_the_install(
 
 
 def test_install_resumes_a_failed_install(admin_client: Any, cluster: Cluster) -> None:
-    failed = make_job(cluster, status=JobStatus.FAILED, stage="workers", stages_completed=2)
+    failed = make_job(
+        cluster, status=JobStatus.FAILED, stage="workers", stages_completed=2, started_at=timezone.now()
+    )
     page = admin_client.get(op_url(cluster, "install"))
     assert "resume" in page.context["form"].fields
     assert "workers → all" in page.content.decode()

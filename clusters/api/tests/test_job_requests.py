@@ -11,9 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from clusters.choices import JobKind, JobStatus, NodeStatus
 from clusters.models import AuditLog, Job, Node
+from clusters.services.jobs import _PUBLISH_RETRY_POLICY
 from clusters.tasks import run_job
 
 from .conftest import make_job
@@ -69,7 +71,11 @@ def test_install_enqueues_one_job_after_commit(cluster, operator, post, sent):
     assert job.params == {"resume": False}
     assert len(enqueued) == 1 and sent == []  # nothing is sent before the commit
     run_callbacks(enqueued)
-    assert sent == [{"args": [job.pk], "task_id": job.celery_task_id, "queue": "playbooks"}]
+    # Publishing retries briefly, then gives up (a broker that is down must not hang the request).
+    assert sent == [
+        {"args": [job.pk], "task_id": job.celery_task_id, "queue": "playbooks", "retry_policy": _PUBLISH_RETRY_POLICY}
+    ]
+    assert _PUBLISH_RETRY_POLICY["max_retries"] <= 3
     assert AuditLog.objects.filter(action="job.request.install", cluster=cluster, actor=operator).exists()
 
 
@@ -95,7 +101,9 @@ def test_install_resume_needs_a_failed_install(cluster, post):
 
 
 def test_install_resume_starts_at_the_failed_stage(cluster, post):
-    failed = make_job(cluster, kind=JobKind.INSTALL, status=JobStatus.FAILED, stage="workers")
+    failed = make_job(
+        cluster, kind=JobKind.INSTALL, status=JobStatus.FAILED, stage="workers", started_at=timezone.now()
+    )
 
     response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", {"resume": True})
 
