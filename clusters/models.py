@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import secrets
 import uuid
-
-import ipaddress
 
 from django.conf import settings
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
@@ -65,7 +64,8 @@ class SSHCredential(models.Model):
         verbose_name = "SSH credential"
         constraints = [
             models.CheckConstraint(
-                condition=Q(port__gte=1) & Q(port__lte=65535), name="%(app_label)s_%(class)s_port_range",
+                condition=Q(port__gte=1) & Q(port__lte=65535),
+                name="%(app_label)s_%(class)s_port_range",
                 violation_error_message="The SSH port must be between 1 and 65535.",
             ),
         ]
@@ -111,11 +111,19 @@ class Cluster(models.Model):
         help_text="Fixed registration address (VIP, load balancer or DNS name). Empty: the initial master's address.",
     )
     cni = models.CharField("CNI", max_length=20, choices=Cni.choices, default=Cni.CANAL)
-    cluster_cidr = models.CharField("cluster CIDR", max_length=100, default="10.42.0.0/16", validators=[validators.validate_cidr])
-    service_cidr = models.CharField("service CIDR", max_length=100, default="10.43.0.0/16", validators=[validators.validate_cidr])
+    cluster_cidr = models.CharField(
+        "cluster CIDR", max_length=100, default="10.42.0.0/16", validators=[validators.validate_cidr]
+    )
+    service_cidr = models.CharField(
+        "service CIDR", max_length=100, default="10.43.0.0/16", validators=[validators.validate_cidr]
+    )
     cluster_dns = models.GenericIPAddressField("cluster DNS", default="10.43.0.10")
-    cluster_domain = models.CharField(max_length=253, default="cluster.local", validators=[validators.validate_hostname])
-    tls_san = models.JSONField("TLS SANs", default=list, blank=True, help_text="Extra names and addresses for the API certificate.")
+    cluster_domain = models.CharField(
+        max_length=253, default="cluster.local", validators=[validators.validate_hostname]
+    )
+    tls_san = models.JSONField(
+        "TLS SANs", default=list, blank=True, help_text="Extra names and addresses for the API certificate."
+    )
     token = EncryptedTextField(default=generate_cluster_token, editable=False)
     kubeconfig = EncryptedTextField(blank=True, default="", editable=False)
     installation_stage = models.CharField(
@@ -123,23 +131,36 @@ class Cluster(models.Model):
     )
     status = models.CharField(max_length=20, choices=ClusterStatus.choices, default=ClusterStatus.NEW)
     bootstrapped_at = models.DateTimeField(
-        null=True, blank=True, editable=False, help_text="When the first server started; critical values are frozen from then on."
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="When the first server started; critical values are frozen from then on.",
     )
     cluster_vars = models.JSONField(
-        "extra RKE2 config", default=dict, blank=True, validators=[validators.validate_rke2_config],
+        "extra RKE2 config",
+        default=dict,
+        blank=True,
+        validators=[validators.validate_rke2_config],
         help_text="Extra RKE2 config.yaml keys for every node (node values win).",
     )
     ssh_credential = models.ForeignKey(
-        SSHCredential, on_delete=models.PROTECT, null=True, blank=True, related_name="clusters",
+        SSHCredential,
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="clusters",
         verbose_name="SSH credential",
     )
     adoption_required = models.BooleanField(
-        default=False, editable=False,
+        default=False,
+        editable=False,
         help_text="Imported and not adopted yet: jobs that rewrite the configuration or restart RKE2 are refused "
         "until an adopt job has read what runs on the nodes.",
     )
     adoption_report = models.JSONField(
-        default=dict, blank=True, editable=False,
+        default=dict,
+        blank=True,
+        editable=False,
         help_text="What the last adopt job found on each node (version, install method, data-dir, kept keys).",
     )
     created_at = models.DateTimeField(auto_now_add=True)
@@ -191,11 +212,18 @@ class Cluster(models.Model):
                 for snet in service_nets:
                     if cnet.version == snet.version and cnet.overlaps(snet):
                         error("service_cidr", f"The service CIDR {snet} overlaps the cluster CIDR {cnet}.")
-        if service_nets is not None and isinstance(self.cluster_dns, str) and validators.is_ip_address(self.cluster_dns):
+        if (
+            service_nets is not None
+            and isinstance(self.cluster_dns, str)
+            and validators.is_ip_address(self.cluster_dns)
+        ):
             dns = ipaddress.ip_address(self.cluster_dns)
             home = next((net for net in service_nets if net.version == dns.version and dns in net), None)
             if home is None:
-                error("cluster_dns", f"The cluster DNS address {dns} must lie inside the service CIDR ({self.service_cidr}).")
+                error(
+                    "cluster_dns",
+                    f"The cluster DNS address {dns} must lie inside the service CIDR ({self.service_cidr}).",
+                )
             elif home.num_addresses > 2 and dns in (home.network_address, home.broadcast_address):
                 error("cluster_dns", f"The cluster DNS address {dns} is the network or broadcast address of {home}.")
         if self.pk and self.is_bootstrapped:
@@ -250,7 +278,9 @@ class Node(models.Model):
     """A host of a cluster and the role it plays in it."""
 
     cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="cluster_nodes")
-    hostname = models.CharField(max_length=253, validators=[validators.validate_hostname], help_text="Also the Kubernetes node name.")
+    hostname = models.CharField(
+        max_length=253, validators=[validators.validate_hostname], help_text="Also the Kubernetes node name."
+    )
     internal_ip = models.GenericIPAddressField("internal IP")
     external_ip = models.GenericIPAddressField("external IP", null=True, blank=True)
     role = models.CharField(max_length=20, choices=NodeRole.choices, default=NodeRole.WORKER)
@@ -259,9 +289,14 @@ class Node(models.Model):
         "use external IP", default=False, help_text="Connect over SSH to the external IP instead of the internal one."
     )
     labels = models.JSONField(default=list, blank=True, help_text="Kubernetes labels (key=value) set at registration.")
-    taints = models.JSONField(default=list, blank=True, help_text="Kubernetes taints (key=value:Effect) set at registration.")
+    taints = models.JSONField(
+        default=list, blank=True, help_text="Kubernetes taints (key=value:Effect) set at registration."
+    )
     node_vars = models.JSONField(
-        "extra RKE2 config", default=dict, blank=True, validators=[validators.validate_rke2_config],
+        "extra RKE2 config",
+        default=dict,
+        blank=True,
+        validators=[validators.validate_rke2_config],
         help_text="Extra RKE2 config.yaml keys for this node; they win over the cluster's.",
     )
     install_started_at = models.DateTimeField(null=True, blank=True, editable=False)
@@ -272,11 +307,15 @@ class Node(models.Model):
     )
     installed_version = models.CharField(max_length=64, blank=True, editable=False)
     running_config = EncryptedTextField(
-        blank=True, default="", editable=False,
+        blank=True,
+        default="",
+        editable=False,
         help_text="The RKE2 config files an adopt job read on the node (JSON: file name to mapping). Encrypted.",
     )
     kept_config = EncryptedTextField(
-        blank=True, default="", editable=False,
+        blank=True,
+        default="",
+        editable=False,
         help_text="Keys of the node's config.yaml the portal does not manage, kept on every render (JSON). Encrypted.",
     )
     created_at = models.DateTimeField(auto_now_add=True)
@@ -289,17 +328,20 @@ class Node(models.Model):
         constraints = [
             # A removed node no longer occupies its name or address, so a host can be rebuilt and re-added.
             models.UniqueConstraint(
-                fields=["cluster", "hostname"], condition=~Q(status=NodeStatus.REMOVED),
+                fields=["cluster", "hostname"],
+                condition=~Q(status=NodeStatus.REMOVED),
                 name="%(app_label)s_%(class)s_unique_hostname",
                 violation_error_message="A node with this host name already exists in this cluster.",
             ),
             models.UniqueConstraint(
-                fields=["cluster", "internal_ip"], condition=~Q(status=NodeStatus.REMOVED),
+                fields=["cluster", "internal_ip"],
+                condition=~Q(status=NodeStatus.REMOVED),
                 name="%(app_label)s_%(class)s_unique_internal_ip",
                 violation_error_message="A node with this internal IP already exists in this cluster.",
             ),
             models.UniqueConstraint(
-                fields=["cluster"], condition=Q(role=NodeRole.INITIAL_MASTER) & ~Q(status=NodeStatus.REMOVED),
+                fields=["cluster"],
+                condition=Q(role=NodeRole.INITIAL_MASTER) & ~Q(status=NodeStatus.REMOVED),
                 name="%(app_label)s_%(class)s_one_initial_master",
                 violation_error_message="A cluster has at most one initial master.",
             ),
@@ -357,7 +399,10 @@ class Node(models.Model):
                 f"{', '.join(sorted(critical))}: must be the same on every server; set it in the cluster's extra "
                 "RKE2 config instead."
             )
-        for field, validator in (("labels", validators.validate_node_label), ("taints", validators.validate_node_taint)):
+        for field, validator in (
+            ("labels", validators.validate_node_label),
+            ("taints", validators.validate_node_taint),
+        ):
             value = getattr(self, field)
             if not isinstance(value, list):
                 errors.setdefault(field, []).append("Enter a list.")
@@ -416,7 +461,8 @@ class Job(models.Model):
         ordering = ["-created_at", "-pk"]
         constraints = [
             models.UniqueConstraint(
-                fields=["cluster"], condition=Q(status__in=ACTIVE_JOB_STATUSES),
+                fields=["cluster"],
+                condition=Q(status__in=ACTIVE_JOB_STATUSES),
                 name="%(app_label)s_%(class)s_one_active_per_cluster",
                 violation_error_message="The cluster already has an active job.",
             ),
@@ -504,7 +550,9 @@ class AuditLog(models.Model):
     """Who did what to which cluster: job requests, cancels, kubeconfig downloads, credential changes."""
 
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
-    actor = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
     action = models.CharField(max_length=64)
     cluster = models.ForeignKey(Cluster, on_delete=models.SET_NULL, null=True, blank=True, related_name="audit_entries")
     object_repr = models.CharField(max_length=255, blank=True)
@@ -533,7 +581,11 @@ class HostKey(models.Model):
     public_keys = models.TextField(help_text="One key a line: type and base64 data, as in known_hosts.")
     hostname = models.CharField(max_length=253, blank=True, help_text="The node's name when its key was accepted.")
     cluster = models.ForeignKey(
-        Cluster, on_delete=models.SET_NULL, null=True, blank=True, related_name="host_keys",
+        Cluster,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="host_keys",
         help_text="The cluster of the job that first reached the host.",
     )
     accepted_by_job = models.ForeignKey(Job, on_delete=models.SET_NULL, null=True, blank=True, related_name="+")
@@ -544,7 +596,8 @@ class HostKey(models.Model):
         verbose_name = "SSH host key"
         constraints = [
             models.UniqueConstraint(
-                fields=["address", "port"], name="%(app_label)s_%(class)s_unique_host",
+                fields=["address", "port"],
+                name="%(app_label)s_%(class)s_unique_host",
                 violation_error_message="Host keys for this address and port are already stored.",
             ),
         ]
@@ -611,7 +664,11 @@ class Webhook(models.Model):
         "shown again."
     )
     cluster = models.ForeignKey(
-        Cluster, on_delete=models.CASCADE, null=True, blank=True, related_name="webhooks",
+        Cluster,
+        on_delete=models.CASCADE,
+        null=True,
+        blank=True,
+        related_name="webhooks",
         help_text="Only this cluster's jobs. Empty: the jobs of every cluster.",
     )
     enabled = models.BooleanField(default=True)
@@ -652,7 +709,9 @@ class WebhookDelivery(models.Model):
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="webhook_deliveries")
     event = models.CharField(max_length=40, help_text="job.successful, job.failed or job.canceled.")
     payload = models.JSONField(default=dict, help_text="The JSON body sent (secrets masked).")
-    status = models.CharField(max_length=20, choices=WebhookDeliveryStatus.choices, default=WebhookDeliveryStatus.PENDING)
+    status = models.CharField(
+        max_length=20, choices=WebhookDeliveryStatus.choices, default=WebhookDeliveryStatus.PENDING
+    )
     attempts = models.PositiveIntegerField(default=0)
     response_code = models.PositiveIntegerField(null=True, blank=True, help_text="HTTP status of the last attempt.")
     response_body = models.TextField(blank=True, help_text="The start of the last response's body.")

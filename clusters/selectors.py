@@ -104,9 +104,7 @@ def cluster_list() -> QuerySet[Cluster]:
 
 def cluster_detail_queryset() -> QuerySet[Cluster]:
     """:func:`cluster_list` with every node of each cluster prefetched (ordered as created)."""
-    return cluster_list().prefetch_related(
-        Prefetch("cluster_nodes", queryset=Node.objects.order_by("pk"))
-    )
+    return cluster_list().prefetch_related(Prefetch("cluster_nodes", queryset=Node.objects.order_by("pk")))
 
 
 def node_list(*, cluster: Cluster) -> QuerySet[Node]:
@@ -116,26 +114,46 @@ def node_list(*, cluster: Cluster) -> QuerySet[Node]:
 
 def job_list() -> QuerySet[Job]:
     """Jobs, newest first, with their cluster's name and requester loaded."""
-    return (
-        Job.objects.select_related("cluster", "requested_by")
-        .only(*_JOB_LIST_FIELDS)
-        .order_by("-created_at", "-pk")
-    )
+    return Job.objects.select_related("cluster", "requested_by").only(*_JOB_LIST_FIELDS).order_by("-created_at", "-pk")
 
 
 _JOB_LIST_FIELDS = (
-    "id", "public_id", "cluster_id", "cluster__id", "cluster__name", "kind", "status", "stages", "stage",
-    "stages_completed", "params", "requested_by_id", "requested_by__id", "requested_by__username", "created_at",
-    "started_at", "finished_at", "cancel_requested", "rc", "result", "explanation", "emitted_events", "resume_of_id",
+    "id",
+    "public_id",
+    "cluster_id",
+    "cluster__id",
+    "cluster__name",
+    "kind",
+    "status",
+    "stages",
+    "stage",
+    "stages_completed",
+    "params",
+    "requested_by_id",
+    "requested_by__id",
+    "requested_by__username",
+    "created_at",
+    "started_at",
+    "finished_at",
+    "cancel_requested",
+    "rc",
+    "result",
+    "explanation",
+    "emitted_events",
+    "resume_of_id",
 )
 
 
 def credential_list() -> QuerySet[SSHCredential]:
     """SSH credentials without their secret columns; ``has_passphrase`` and ``cluster_count`` annotated."""
-    return SSHCredential.objects.defer("private_key", "passphrase").annotate(
-        has_passphrase=ExpressionWrapper(~Q(passphrase=""), output_field=BooleanField()),
-        cluster_count=Count("clusters", distinct=True),
-    ).order_by("name", "pk")
+    return (
+        SSHCredential.objects.defer("private_key", "passphrase")
+        .annotate(
+            has_passphrase=ExpressionWrapper(~Q(passphrase=""), output_field=BooleanField()),
+            cluster_count=Count("clusters", distinct=True),
+        )
+        .order_by("name", "pk")
+    )
 
 
 def job_host_counts(*, job: Job) -> HostCounts:

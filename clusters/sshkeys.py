@@ -24,7 +24,7 @@ _OPENSSH_MAGIC = b"openssh-key-v1\x00"
 _PUBLIC_KEY_PREFIXES = ("ssh-", "ecdsa-", "sk-", "---- BEGIN SSH2 PUBLIC KEY", "-----BEGIN PUBLIC KEY")
 
 
-class KeyError_(Exception):  # noqa: N801 - not the builtin KeyError
+class KeyError_(Exception):
     """The key text or its passphrase is unusable; ``field`` names the form field to blame."""
 
     def __init__(self, field: str, message: str) -> None:

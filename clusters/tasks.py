@@ -19,7 +19,7 @@ def run_job(job_id: int) -> None:
     finally:
         try:
             webhooks_notify_job(job_id=job_id)
-        except Exception:  # noqa: BLE001 - the sweep from beat notifies later
+        except Exception:
             logging.getLogger(__name__).exception("job %s: could not create its webhook deliveries", job_id)
 
 

@@ -25,9 +25,13 @@ else:
     SECRET_KEY = env("DJANGO_SECRET_KEY")
 
 ALLOWED_HOSTS = [
-    host.strip() for host in env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"]) if host.strip()
+    host.strip()
+    for host in env.list("DJANGO_ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
+    if host.strip()
 ]
-CSRF_TRUSTED_ORIGINS = [origin.strip() for origin in env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[]) if origin.strip()]
+CSRF_TRUSTED_ORIGINS = [
+    origin.strip() for origin in env.list("DJANGO_CSRF_TRUSTED_ORIGINS", default=[]) if origin.strip()
+]
 
 # Data folder of the embedded default: SQLite database, file-system broker, job working directories.
 DATA_DIR = Path(env("RKE2PORTAL_DATA_DIR", default=str(BASE_DIR / "data")))
@@ -177,9 +181,13 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_WORKER_SEND_TASK_EVENTS = False
 CELERY_BEAT_SCHEDULE = {
-    "reap-lost-jobs": {"task": "clusters.reap_lost_jobs", "schedule": env.float("JOB_REAPER_INTERVAL_SECONDS", default=60.0)},
+    "reap-lost-jobs": {
+        "task": "clusters.reap_lost_jobs",
+        "schedule": env.float("JOB_REAPER_INTERVAL_SECONDS", default=60.0),
+    },
     "sweep-webhooks": {
-        "task": "clusters.sweep_webhooks", "schedule": env.float("WEBHOOK_SWEEP_INTERVAL_SECONDS", default=60.0)
+        "task": "clusters.sweep_webhooks",
+        "schedule": env.float("WEBHOOK_SWEEP_INTERVAL_SECONDS", default=60.0),
     },
     "purge-job-events": {
         "task": "clusters.purge_job_events",

@@ -21,7 +21,7 @@ if os.environ.get("TEST_REDIS_URL"):
     os.environ.setdefault("CELERY_BROKER_URL", os.environ["TEST_REDIS_URL"])
     os.environ.setdefault("CELERY_BROKER_KEY_PREFIX", f"rke2portal-test-{os.getpid()}-{os.urandom(4).hex()}:")
 
-from .settings import *  # noqa: E402,F403
+from .settings import *  # noqa: F403
 
 # Two keys so that rotation is exercised: data is written with the first and must stay readable with the second.
 FIELD_ENCRYPTION_KEYS = [

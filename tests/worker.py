@@ -122,7 +122,7 @@ class WorkerProcess:
             raise RuntimeError(f"{self!r} is already running")
         self.starts += 1
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.log_path, "ab")
         try:
             self.process = subprocess.Popen(
                 self.argv(), cwd=BASE_DIR, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True

@@ -425,7 +425,6 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
     def delete_model(self, request: HttpRequest, obj: Cluster) -> None:
         cluster_delete(cluster=obj, actor=request.user)
 
-
     # --- list actions --------------------------------------------------------------------------------------------
 
     def has_request_job_permission(self, request: HttpRequest) -> bool:
@@ -483,8 +482,11 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
             if last.kind == JobKind.UNINSTALL:
                 messages.warning(
                     request,
-                    format_html('{}: relaunch the uninstall from <a href="{}">its page</a>, which asks for the name.',
-                                cluster.name, job_url(last)),
+                    format_html(
+                        '{}: relaunch the uninstall from <a href="{}">its page</a>, which asks for the name.',
+                        cluster.name,
+                        job_url(last),
+                    ),
                 )
                 continue
             try:
@@ -494,8 +496,14 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
             else:
                 messages.success(
                     request,
-                    format_html('{}: <a href="{}">{} #{}</a> requested again from #{}.', cluster.name, job_url(job),
-                                job.get_kind_display(), job.pk, last.pk),
+                    format_html(
+                        '{}: <a href="{}">{} #{}</a> requested again from #{}.',
+                        cluster.name,
+                        job_url(job),
+                        job.get_kind_display(),
+                        job.pk,
+                        last.pk,
+                    ),
                 )
 
     @admin.action(description="Cancel the active job", permissions=["cancel_job"])

@@ -77,4 +77,3 @@ class SSHCredentialAdmin(ServiceErrorsMixin, admin.ModelAdmin):
 
     def delete_model(self, request: HttpRequest, obj: SSHCredential) -> None:
         credential_delete(credential=obj, actor=request.user)
-

@@ -27,7 +27,9 @@ class HostKeyAdmin(admin.ModelAdmin):
 
     @admin.display(description="fingerprints")
     def fingerprints(self, obj: HostKey) -> Any:
-        return format_html_join("", "<div><code>{} {}</code></div>", ((kind, fingerprint(data)) for kind, data in obj.keys))
+        return format_html_join(
+            "", "<div><code>{} {}</code></div>", ((kind, fingerprint(data)) for kind, data in obj.keys)
+        )
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -40,7 +42,9 @@ class HostKeyAdmin(admin.ModelAdmin):
         actions.pop("delete_selected", None)  # cleared through the service, which audits each one
         return actions
 
-    @admin.action(description="Clear the selected host keys (the next job accepts the host's key)", permissions=["delete"])
+    @admin.action(
+        description="Clear the selected host keys (the next job accepts the host's key)", permissions=["delete"]
+    )
     def clear_host_keys(self, request: HttpRequest, queryset: QuerySet[HostKey]) -> None:
         cleared = 0
         for host_key in queryset.select_related("cluster"):

@@ -136,9 +136,7 @@ class JobAdmin(admin.ModelAdmin):
         name = f"{self.opts.app_label}_{self.opts.model_name}"
         return [
             path("<path:object_id>/cancel/", self.admin_site.admin_view(self.cancel_view), name=f"{name}_cancel"),
-            path(
-                "<path:object_id>/relaunch/", self.admin_site.admin_view(self.relaunch_view), name=f"{name}_relaunch"
-            ),
+            path("<path:object_id>/relaunch/", self.admin_site.admin_view(self.relaunch_view), name=f"{name}_relaunch"),
             *super().get_urls(),
         ]
 
@@ -226,7 +224,9 @@ class JobAdmin(admin.ModelAdmin):
         except SERVICE_ERRORS as exc:
             message_service_error(request, exc)
             return HttpResponseRedirect(job_url(job))
-        messages.success(request, f"{new.get_kind_display()} #{new.pk} requested again from #{job.pk}; its log follows.")
+        messages.success(
+            request, f"{new.get_kind_display()} #{new.pk} requested again from #{job.pk}; its log follows."
+        )
         return HttpResponseRedirect(job_url(new))
 
     @admin.action(description="Cancel the selected jobs", permissions=["cancel_job"])

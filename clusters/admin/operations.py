@@ -49,8 +49,10 @@ def removal_warnings(targets: list[Node], live: list[Node]) -> list[str]:
     before = len(installed_servers)
     after = before - len(leaving)
     warnings = [
-        f"Removing {', '.join(n.hostname for n in leaving)} takes an etcd member away: the cluster goes from "
-        f"{before} to {after} server{'s' if after != 1 else ''}.",
+        (
+            f"Removing {', '.join(n.hostname for n in leaving)} takes an etcd member away: the cluster goes from "
+            f"{before} to {after} server{'s' if after != 1 else ''}."
+        ),
     ]
     if len(leaving) > 1:
         warnings.append("Remove one server at a time, so that etcd keeps its quorum; the portal refuses more.")

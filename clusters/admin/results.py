@@ -39,7 +39,9 @@ def _cell(value: Any) -> str:
         text = str(value)
     elif isinstance(value, Sequence) and all(isinstance(item, (str, int, float)) for item in value):
         text = ", ".join(str(item) for item in value) or "—"
-    elif isinstance(value, Mapping) and all(isinstance(item, (str, int, float, bool)) or item is None for item in value.values()):
+    elif isinstance(value, Mapping) and all(
+        isinstance(item, (str, int, float, bool)) or item is None for item in value.values()
+    ):
         text = "; ".join(f"{key}: {_cell(item)}" for key, item in value.items()) or "—"
     else:
         text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
@@ -60,7 +62,12 @@ def _records_table(title: str, records: Sequence[Mapping[str, Any]]) -> ResultTa
 
 
 def _table_for(title: str, value: Any) -> ResultTable | None:
-    if isinstance(value, Sequence) and not isinstance(value, str) and value and all(isinstance(item, Mapping) for item in value):
+    if (
+        isinstance(value, Sequence)
+        and not isinstance(value, str)
+        and value
+        and all(isinstance(item, Mapping) for item in value)
+    ):
         return _records_table(title, value)
     if isinstance(value, Mapping) and value:
         if all(isinstance(item, Mapping) for item in value.values()):
@@ -88,6 +95,12 @@ def result_tables(result: Any) -> list[ResultTable]:
         elif value not in ({}, [], None, ""):
             scalars[key] = value
     if scalars:
-        tables.insert(0, ResultTable(title="Summary", columns=["name", "value"],
-                                     rows=[[_label(key), _cell(value)] for key, value in scalars.items()]))
+        tables.insert(
+            0,
+            ResultTable(
+                title="Summary",
+                columns=["name", "value"],
+                rows=[[_label(key), _cell(value)] for key, value in scalars.items()],
+            ),
+        )
     return tables

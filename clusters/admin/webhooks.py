@@ -23,10 +23,16 @@ _FIELDS = ("name", "url", "cluster", "enabled", "notify_successful", "notify_fai
 
 
 class WebhookForm(forms.ModelForm):
-    url = forms.URLField(label="URL", max_length=2000, assume_scheme="https",
-                         help_text="http:// or https:// address that receives the POST.")
+    url = forms.URLField(
+        label="URL",
+        max_length=2000,
+        assume_scheme="https",
+        help_text="http:// or https:// address that receives the POST.",
+    )
     secret = forms.CharField(
-        required=False, strip=False, min_length=16,
+        required=False,
+        strip=False,
+        min_length=16,
         widget=forms.PasswordInput(render_value=False, attrs={"autocomplete": "new-password"}),
         help_text="HMAC-SHA256 key, at least 16 characters. Stored encrypted and never shown; leave empty to keep "
         "the stored one.",
@@ -54,8 +60,16 @@ class WebhookForm(forms.ModelForm):
 @admin.register(Webhook)
 class WebhookAdmin(ServiceErrorsMixin, admin.ModelAdmin):
     form = WebhookForm
-    list_display = ("name", "url", "scope", "enabled", "notify_successful", "notify_failed", "notify_canceled",
-                    "deliveries_link")
+    list_display = (
+        "name",
+        "url",
+        "scope",
+        "enabled",
+        "notify_successful",
+        "notify_failed",
+        "notify_canceled",
+        "deliveries_link",
+    )
     list_filter = ("enabled",)
     search_fields = ("name", "url")
     list_select_related = ("cluster",)
@@ -90,7 +104,9 @@ class WebhookAdmin(ServiceErrorsMixin, admin.ModelAdmin):
             else:
                 saved = webhook_create(actor=request.user, secret=secret, **data)
         except ValidationError as exc:
-            raise ServiceRejected(exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}) from None
+            raise ServiceRejected(
+                exc.message_dict if hasattr(exc, "error_dict") else {"__all__": exc.messages}
+            ) from None
         obj.pk = saved.pk
 
     def delete_model(self, request: HttpRequest, obj: Webhook) -> None:
@@ -106,15 +122,36 @@ class WebhookAdmin(ServiceErrorsMixin, admin.ModelAdmin):
 class WebhookDeliveryAdmin(admin.ModelAdmin):
     """The delivery log: read-only, with a redeliver action."""
 
-    list_display = ("created_at", "webhook", "job_link", "event", "status_badge", "response_code", "attempts",
-                    "last_attempt_at")
+    list_display = (
+        "created_at",
+        "webhook",
+        "job_link",
+        "event",
+        "status_badge",
+        "response_code",
+        "attempts",
+        "last_attempt_at",
+    )
     list_filter = ("status", "event", "webhook")
     search_fields = ("=job__id", "webhook__name", "error")
     list_select_related = ("webhook", "job")
     date_hierarchy = "created_at"
     actions = ["action_redeliver"]
-    fields = ("webhook", "job_link", "event", "status_badge", "attempts", "response_code", "response_body", "error",
-              "created_at", "last_attempt_at", "next_attempt_at", "delivered_at", "payload")
+    fields = (
+        "webhook",
+        "job_link",
+        "event",
+        "status_badge",
+        "attempts",
+        "response_code",
+        "response_body",
+        "error",
+        "created_at",
+        "last_attempt_at",
+        "next_attempt_at",
+        "delivered_at",
+        "payload",
+    )
     readonly_fields = fields
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[WebhookDelivery]:
@@ -131,8 +168,9 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
 
     @admin.display(description="job", ordering="job_id")
     def job_link(self, delivery: WebhookDelivery) -> str:
-        return format_html('<a href="{}">#{}</a>', reverse("admin:clusters_job_change", args=[delivery.job_id]),
-                           delivery.job_id)
+        return format_html(
+            '<a href="{}">#{}</a>', reverse("admin:clusters_job_change", args=[delivery.job_id]), delivery.job_id
+        )
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, delivery: WebhookDelivery) -> str:

@@ -23,8 +23,17 @@ __all__ = ["AuditLogViewSet"]
 
 
 _FIELDS = (
-    "id", "created_at", "action", "actor_id", "actor__id", "actor__username", "cluster_id", "cluster__id",
-    "cluster__name", "object_repr", "detail",
+    "id",
+    "created_at",
+    "action",
+    "actor_id",
+    "actor__id",
+    "actor__username",
+    "cluster_id",
+    "cluster__id",
+    "cluster__name",
+    "object_repr",
+    "detail",
 )
 
 
@@ -79,16 +88,17 @@ class AuditLogViewSet(APIViewSet):
     serializer_class = AuditLogOutput
     filter_backends = LIST_FILTERS
     filterset_class = AuditLogFilter
-    ordering_fields = {"created_at": "created_at", "action": "action", "user": "actor__username", "cluster": "cluster__name"}
+    ordering_fields = {
+        "created_at": "created_at",
+        "action": "action",
+        "user": "actor__username",
+        "cluster": "cluster__name",
+    }
     search_fields = ("action", "object_repr", "cluster__name", "actor__username")
     http_method_names = ["get", "head", "options"]
 
     def get_queryset(self) -> Any:
-        return (
-            AuditLog.objects.select_related("actor", "cluster")
-            .only(*_FIELDS)
-            .order_by("-created_at", "-pk")
-        )
+        return AuditLog.objects.select_related("actor", "cluster").only(*_FIELDS).order_by("-created_at", "-pk")
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return self.paginated(self.filter_queryset(self.get_queryset()), AuditLogOutput)

@@ -45,7 +45,9 @@ class StrictOrderingFilter(OrderingFilter):
             ordering.append("-pk" if ordering[0].startswith("-") else "pk")
         return ordering
 
-    def get_valid_fields(self, queryset: Any, view: Any, context: dict[str, Any] | None = None) -> list[tuple[str, str]]:
+    def get_valid_fields(
+        self, queryset: Any, view: Any, context: dict[str, Any] | None = None
+    ) -> list[tuple[str, str]]:
         return [(name, name) for name in _lookups(view)]
 
 

@@ -218,11 +218,18 @@ class CredentialCreateInput(serializers.Serializer):
     port = serializers.IntegerField(min_value=1, max_value=65535, required=False)
     become = StrictBooleanField(required=False)
     private_key = StrictCharField(
-        max_length=MAX_KEY_TEXT, write_only=True, trim_whitespace=False,
-        style={"base_template": "textarea.html"}, help_text="OpenSSH or PEM private key. Write-only.",
+        max_length=MAX_KEY_TEXT,
+        write_only=True,
+        trim_whitespace=False,
+        style={"base_template": "textarea.html"},
+        help_text="OpenSSH or PEM private key. Write-only.",
     )
     passphrase = StrictCharField(
-        max_length=1024, write_only=True, required=False, allow_blank=True, trim_whitespace=False,
+        max_length=1024,
+        write_only=True,
+        required=False,
+        allow_blank=True,
+        trim_whitespace=False,
         help_text="Passphrase of the private key. Write-only.",
     )
     known_hosts = StrictCharField(max_length=MAX_KEY_TEXT, required=False, allow_blank=True, trim_whitespace=False)
@@ -233,7 +240,10 @@ class CredentialUpdateInput(CredentialCreateInput):
     """Secrets that are omitted are kept; a new ``private_key`` replaces the passphrase (empty unless given)."""
 
     private_key = StrictCharField(
-        max_length=MAX_KEY_TEXT, write_only=True, required=False, trim_whitespace=False,
+        max_length=MAX_KEY_TEXT,
+        write_only=True,
+        required=False,
+        trim_whitespace=False,
         help_text="OpenSSH or PEM private key. Write-only; omit to keep the current key.",
     )
 
@@ -262,7 +272,9 @@ class NodeInput(serializers.Serializer):
     internal_ip = StrictCharField(max_length=64)
     external_ip = StrictCharField(max_length=64, required=False, allow_null=True, allow_blank=True)
     role = serializers.ChoiceField(
-        choices=ROLE_CHOICES, required=False, allow_blank=True,
+        choices=ROLE_CHOICES,
+        required=False,
+        allow_blank=True,
         help_text="initial_master, master or worker; server and agent are accepted as RKE2 types. Without any role, "
         "the first node becomes the initial master and the others workers.",
     )
@@ -312,7 +324,9 @@ class ClusterUpdateInput(serializers.Serializer):
     tls_san = serializers.ListField(child=StrictCharField(max_length=253), required=False, max_length=MAX_LIST_ITEMS)
     cluster_vars = RKE2ConfigField(required=False)
     ssh_credential = serializers.PrimaryKeyRelatedField(
-        queryset=SSHCredential.objects.defer("private_key", "passphrase"), required=False, allow_null=True,
+        queryset=SSHCredential.objects.defer("private_key", "passphrase"),
+        required=False,
+        allow_null=True,
         help_text="Id of the SSH credential used to reach the hosts.",
     )
 
@@ -409,18 +423,28 @@ class EventsQueryInput(serializers.Serializer):
         min_value=1, max_value=EVENTS_PAGE_MAX_LIMIT, required=False, default=EVENTS_PAGE_DEFAULT_LIMIT
     )
     host = serializers.CharField(
-        max_length=255, required=False, default="", allow_blank=True,
+        max_length=255,
+        required=False,
+        default="",
+        allow_blank=True,
         help_text="Only the events of this host (exact name).",
     )
     search = serializers.CharField(
-        max_length=200, required=False, default="", allow_blank=True, trim_whitespace=False,
+        max_length=200,
+        required=False,
+        default="",
+        allow_blank=True,
+        trim_whitespace=False,
         help_text="Only the events whose output or task contains this text (case-insensitive).",
     )
 
 
 class RelaunchInput(serializers.Serializer):
     confirm = serializers.CharField(
-        max_length=63, required=False, default="", allow_blank=True,
+        max_length=63,
+        required=False,
+        default="",
+        allow_blank=True,
         help_text="Relaunching an uninstall: the cluster's name, typed again.",
     )
 
@@ -478,7 +502,9 @@ class _JobOptions(serializers.Serializer):
     """Options any job accepts."""
 
     workers_batch = serializers.RegexField(
-        r"^(?:(?:100|[1-9][0-9]?)%|[1-9][0-9]{0,3})$", required=False, max_length=5,
+        r"^(?:(?:100|[1-9][0-9]?)%|[1-9][0-9]{0,3})$",
+        required=False,
+        max_length=5,
         help_text="How many workers are changed at a time: a count (1-9999) or a percentage (1%-100%).",
     )
     drain_timeout = serializers.IntegerField(
@@ -533,7 +559,8 @@ class ScaleInInput(_JobOptions):
         child=StrictCharField(max_length=253), min_length=1, max_length=MAX_NODES_PER_REQUEST
     )
     ungraceful = StrictBooleanField(
-        required=False, default=False,
+        required=False,
+        default=False,
         help_text="The hosts are gone: remove the nodes from Kubernetes without draining.",
     )
 

@@ -144,7 +144,10 @@ def _job_action(
     view.__doc__ = description
     decorated = action(detail=True, methods=["post"], **action_kwargs)(view)
     return extend_schema(
-        summary=summary, description=description, request=input_class, filters=False,
+        summary=summary,
+        description=description,
+        request=input_class,
+        filters=False,
         responses={202: s.JobOutput, **ERRORS, **CONFLICT},
     )(decorated)
 
@@ -158,15 +161,18 @@ def _job_action(
         summary="Create a cluster with its nodes",
         description="Creates the cluster and its nodes (all pending) in one transaction; nothing is installed yet. "
         "Node errors are reported as `nodes[i].field`.",
-        request=s.ClusterCreateInput, responses={201: s.ClusterDetailOutput, **ERRORS},
+        request=s.ClusterCreateInput,
+        responses={201: s.ClusterDetailOutput, **ERRORS},
     ),
     update=extend_schema(
         summary="Change a cluster",
         description="Nodes change through the scale endpoints; the version of an installed cluster through upgrade.",
-        request=s.ClusterUpdateInput, responses={200: s.ClusterDetailOutput, **ERRORS},
+        request=s.ClusterUpdateInput,
+        responses={200: s.ClusterDetailOutput, **ERRORS},
     ),
     partial_update=extend_schema(
-        summary="Change some fields of a cluster", request=s.ClusterUpdateInput,
+        summary="Change some fields of a cluster",
+        request=s.ClusterUpdateInput,
         responses={200: s.ClusterDetailOutput, **ERRORS},
     ),
     destroy=extend_schema(
@@ -245,7 +251,9 @@ class ClusterViewSet(APIViewSet):
         summary="Add nodes and install them",
         description="Adds the nodes (pending) and requests the scale-out job that joins them, in one transaction: "
         "when the job is refused, no node is added.",
-        request=s.ScaleOutInput, responses={202: s.ScaleOutOutput, **ERRORS, **CONFLICT}, filters=False,
+        request=s.ScaleOutInput,
+        responses={202: s.ScaleOutOutput, **ERRORS, **CONFLICT},
+        filters=False,
     )
     @action(detail=True, methods=["post"], url_path="scale/add", url_name="scale-add")
     def scale_add(self, request: Request, pk: str | None = None) -> Response:
@@ -262,14 +270,17 @@ class ClusterViewSet(APIViewSet):
         "(202). Nodes that were never installed are removed at once; when no installed node is among them, no job "
         "is needed and the answer is 200 with `job` null. At most one server at a time, never the last one.",
         request=s.ScaleInInput,
-        responses={202: s.ScaleInOutput, 200: s.ScaleInOutput, **ERRORS, **CONFLICT}, filters=False,
+        responses={202: s.ScaleInOutput, 200: s.ScaleInOutput, **ERRORS, **CONFLICT},
+        filters=False,
     )
     @action(detail=True, methods=["post"], url_path="scale/remove", url_name="scale-remove")
     def scale_remove(self, request: Request, pk: str | None = None) -> Response:
         cluster = self.get_cluster()
         serializer = self.parse(s.ScaleInInput, request.data)
         marked, job = cluster_scale_in(
-            cluster=cluster, hostnames=list(serializer.validated_data["hostnames"]), params=serializer.to_params(),
+            cluster=cluster,
+            hostnames=list(serializer.validated_data["hostnames"]),
+            params=serializer.to_params(),
             actor=request.user,
         )
         data = self.output(s.ScaleInOutput, {"nodes": marked, "job": job})
@@ -278,35 +289,50 @@ class ClusterViewSet(APIViewSet):
         return Response(data, status=status.HTTP_202_ACCEPTED, headers={"Location": data["job"]["url"]})
 
     install = _job_action(
-        JobKind.INSTALL, s.InstallInput, "Install the cluster",
+        JobKind.INSTALL,
+        s.InstallInput,
+        "Install the cluster",
         "Runs the staged install (initial master, joining masters, workers, post-checks) and fetches the "
         "kubeconfig. With `resume`, starts again at the stage where the last install failed.",
     )
     upgrade = _job_action(
-        JobKind.UPGRADE, s.UpgradeInput, "Upgrade RKE2",
+        JobKind.UPGRADE,
+        s.UpgradeInput,
+        "Upgrade RKE2",
         "Upgrades servers one at a time, then workers in batches. Downgrades and skipping a minor version are "
         "refused unless allowed explicitly.",
     )
     uninstall = _job_action(
-        JobKind.UNINSTALL, s.UninstallInput, "Uninstall RKE2 from every node",
+        JobKind.UNINSTALL,
+        s.UninstallInput,
+        "Uninstall RKE2 from every node",
         "Removes RKE2 and its data from the hosts. `confirm` must be the cluster's name.",
     )
     preflight = _job_action(
-        JobKind.PREFLIGHT, s.PreflightInput, "Check the hosts",
+        JobKind.PREFLIGHT,
+        s.PreflightInput,
+        "Check the hosts",
         "Checks that every node is reachable and fit for RKE2 (OS, ports, resources); changes nothing.",
     )
     fetch_kubeconfig = _job_action(
-        JobKind.FETCH_KUBECONFIG, s.PreflightInput, "Fetch the kubeconfig again",
+        JobKind.FETCH_KUBECONFIG,
+        s.PreflightInput,
+        "Fetch the kubeconfig again",
         "Reads the admin kubeconfig from a server and stores it (encrypted).",
-        url_path="fetch-kubeconfig", url_name="fetch-kubeconfig",
+        url_path="fetch-kubeconfig",
+        url_name="fetch-kubeconfig",
     )
     health = _job_action(
-        JobKind.HEALTH, s.PreflightInput, "Check the cluster's health",
+        JobKind.HEALTH,
+        s.PreflightInput,
+        "Check the cluster's health",
         "Checks the RKE2 services and whether every node is Ready.",
     )
 
     adopt = _job_action(
-        JobKind.ADOPT, s.PreflightInput, "Adopt an imported cluster",
+        JobKind.ADOPT,
+        s.PreflightInput,
+        "Adopt an imported cluster",
         "Reads every node's RKE2 configuration files, installed version and install method, and the servers' "
         "token; stores the token (encrypted) and the config keys the portal does not manage (kept on every "
         "render). Changes nothing on the nodes. Imported clusters refuse install, scale and upgrade jobs until "
@@ -318,7 +344,8 @@ class ClusterViewSet(APIViewSet):
         description="Whether the cluster still needs adoption, the last adopt job's report, and for every live "
         "node the config keys the portal would change, add or drop if it wrote config.yaml now (the node's "
         "config.yaml.d files laid over it, as RKE2 does). Secret values are masked. Read-only.",
-        responses={200: s.AdoptionOutput, **READ_ERRORS}, filters=False,
+        responses={200: s.AdoptionOutput, **READ_ERRORS},
+        filters=False,
     )
     @action(detail=True, methods=["get"])
     def adoption(self, request: Request, pk: str | None = None) -> Response:
@@ -334,7 +361,9 @@ class ClusterViewSet(APIViewSet):
         summary="Preview the inventories and configs",
         description="The inventory of each install stage (or only `stage`) and the RKE2 config.yaml of every node "
         "those stages act on, as a job would use them, with the token masked.",
-        parameters=[s.InventoryQueryInput], responses={200: s.ClusterPreviewOutput, **ERRORS}, filters=False,
+        parameters=[s.InventoryQueryInput],
+        responses={200: s.ClusterPreviewOutput, **ERRORS},
+        filters=False,
     )
     @action(detail=True, methods=["get"])
     def inventory(self, request: Request, pk: str | None = None) -> Response:
@@ -346,7 +375,8 @@ class ClusterViewSet(APIViewSet):
         summary="Preview a node's RKE2 config",
         description="The /etc/rancher/rke2/config.yaml the node would get, with the token masked. 404 when the "
         "cluster has no live node of that name.",
-        responses={200: s.NodeConfigPreviewOutput, **READ_ERRORS}, filters=False,
+        responses={200: s.NodeConfigPreviewOutput, **READ_ERRORS},
+        filters=False,
         parameters=[
             OpenApiParameter("hostname", OpenApiTypes.STR, OpenApiParameter.PATH, pattern=f"^{HOSTNAME_PATTERN}$")
         ],
@@ -366,7 +396,8 @@ class ClusterViewSet(APIViewSet):
         "`clusters.download_kubeconfig`; every download is recorded in the audit log. 409 while none is stored.",
         responses={
             (200, "text/yaml"): OpenApiResponse(OpenApiTypes.STR, description="kubeconfig YAML"),
-            **READ_ERRORS, **CONFLICT,
+            **READ_ERRORS,
+            **CONFLICT,
         },
         filters=False,
     )
@@ -415,8 +446,12 @@ class JobViewSet(APIViewSet):
     filter_backends = LIST_FILTERS
     filterset_class = JobFilter
     ordering_fields = {
-        "created_at": "created_at", "started_at": "started_at", "finished_at": "finished_at", "status": "status",
-        "kind": "kind", "cluster": "cluster__name",
+        "created_at": "created_at",
+        "started_at": "started_at",
+        "finished_at": "finished_at",
+        "status": "status",
+        "kind": "kind",
+        "cluster": "cluster__name",
     }
     search_fields = ("cluster__name", "kind", "status", "stage", "explanation")
     serializer_class = s.JobOutput
@@ -445,14 +480,19 @@ class JobViewSet(APIViewSet):
         summary="Follow a job's events",
         description="Events with a counter above `after`, oldest first, at most `limit` (default 500, max 2000), "
         "with the job's progress. Poll with `after=next_after` until `finished` is true.",
-        parameters=[s.EventsQueryInput], responses={200: s.EventsPageOutput, **ERRORS}, filters=False,
+        parameters=[s.EventsQueryInput],
+        responses={200: s.EventsPageOutput, **ERRORS},
+        filters=False,
     )
     @action(detail=True, methods=["get"])
     def events(self, request: Request, pk: str | None = None) -> Response:
         query = self.parse(s.EventsQueryInput, request.query_params).validated_data
         try:
             page = selectors.job_events_page(
-                job_id=int(self.kwargs["pk"]), after=query["after"], limit=query["limit"], host=query["host"],
+                job_id=int(self.kwargs["pk"]),
+                after=query["after"],
+                limit=query["limit"],
+                host=query["host"],
                 search=query["search"],
             )
         except Job.DoesNotExist:
@@ -482,7 +522,9 @@ class JobViewSet(APIViewSet):
         summary="Cancel a job",
         description="A pending job is canceled at once; a running one is stopped by its worker within seconds "
         "(`cancel_requested` is true until then). 409 when the job has already finished.",
-        request=None, responses={200: s.JobOutput, **READ_ERRORS, **CONFLICT}, filters=False,
+        request=None,
+        responses={200: s.JobOutput, **READ_ERRORS, **CONFLICT},
+        filters=False,
     )
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
@@ -495,13 +537,17 @@ class JobViewSet(APIViewSet):
         "failed install that ran resumes at the stage that failed; an uninstall needs `confirm` (the cluster's "
         "name) again. 409 while this job or another job of the cluster is active, or when the cluster's state no "
         "longer allows the job.",
-        request=s.RelaunchInput, responses={202: s.JobOutput, **ERRORS, **CONFLICT}, filters=False,
+        request=s.RelaunchInput,
+        responses={202: s.JobOutput, **ERRORS, **CONFLICT},
+        filters=False,
     )
     @action(detail=True, methods=["post"])
     def relaunch(self, request: Request, pk: str | None = None) -> Response:
         job = self.get_job()
         if not request.user.has_perms(relaunch_permissions(job.kind)):
-            raise PermissionDenied(f"Relaunching a {job.get_kind_display().lower()} job needs the permissions to request one.")
+            raise PermissionDenied(
+                f"Relaunching a {job.get_kind_display().lower()} job needs the permissions to request one."
+            )
         confirm = self.parse(s.RelaunchInput, request.data).validated_data["confirm"]
         return self.job_accepted(job_relaunch(job=job, actor=request.user, confirm=confirm))
 
@@ -512,19 +558,23 @@ class JobViewSet(APIViewSet):
     create=extend_schema(
         summary="Create an SSH credential",
         description="The private key (and passphrase) are write-only; the key's fingerprint is shown instead.",
-        request=s.CredentialCreateInput, responses={201: s.CredentialOutput, **ERRORS},
+        request=s.CredentialCreateInput,
+        responses={201: s.CredentialOutput, **ERRORS},
     ),
     update=extend_schema(
         summary="Change an SSH credential",
         description="Omitted secrets are kept. A new private key replaces the passphrase (empty unless given).",
-        request=s.CredentialUpdateInput, responses={200: s.CredentialOutput, **ERRORS},
+        request=s.CredentialUpdateInput,
+        responses={200: s.CredentialOutput, **ERRORS},
     ),
     partial_update=extend_schema(
-        summary="Change some fields of an SSH credential", request=s.CredentialUpdateInput,
+        summary="Change some fields of an SSH credential",
+        request=s.CredentialUpdateInput,
         responses={200: s.CredentialOutput, **ERRORS},
     ),
     destroy=extend_schema(
-        summary="Delete an SSH credential", description="Refused while a cluster uses it.",
+        summary="Delete an SSH credential",
+        description="Refused while a cluster uses it.",
         responses={204: None, **READ_ERRORS, **CONFLICT},
     ),
 )

@@ -42,7 +42,10 @@ class WebhookInput(serializers.Serializer):
     name = serializers.CharField(max_length=100)
     url = serializers.CharField(max_length=2000)
     secret = serializers.CharField(
-        write_only=True, min_length=16, max_length=1000, trim_whitespace=False,
+        write_only=True,
+        min_length=16,
+        max_length=1000,
+        trim_whitespace=False,
         help_text="HMAC-SHA256 key (at least 16 characters). Write-only; omit it on update to keep the stored one.",
     )
     cluster = serializers.PrimaryKeyRelatedField(
@@ -56,7 +59,11 @@ class WebhookInput(serializers.Serializer):
 
 class WebhookUpdateInput(WebhookInput):
     secret = serializers.CharField(
-        write_only=True, min_length=16, max_length=1000, trim_whitespace=False, required=False,
+        write_only=True,
+        min_length=16,
+        max_length=1000,
+        trim_whitespace=False,
+        required=False,
         help_text="A new HMAC-SHA256 key; omitted: the stored one is kept.",
     )
 
@@ -94,9 +101,12 @@ class WebhookDeliveryFilter(django_filters.FilterSet):
         summary="Add a webhook",
         description="A signed JSON POST to `url` when a job of `cluster` (null: of any cluster) ends as chosen. "
         "`secret` is write-only.",
-        request=WebhookInput, responses={201: WebhookOutput, **ERRORS},
+        request=WebhookInput,
+        responses={201: WebhookOutput, **ERRORS},
     ),
-    update=extend_schema(summary="Change a webhook", request=WebhookUpdateInput, responses={200: WebhookOutput, **ERRORS}),
+    update=extend_schema(
+        summary="Change a webhook", request=WebhookUpdateInput, responses={200: WebhookOutput, **ERRORS}
+    ),
     partial_update=extend_schema(
         summary="Change some fields of a webhook", request=WebhookUpdateInput, responses={200: WebhookOutput, **ERRORS}
     ),
@@ -155,7 +165,8 @@ class WebhookDeliveryViewSet(APIViewSet):
     search_fields = ("webhook__name", "event", "error")
     http_method_names = ["get", "head", "options"]
     action_permissions: ClassVar[dict[str, tuple[str, ...]]] = {
-        "list": ("clusters.view_webhookdelivery",), "retrieve": ("clusters.view_webhookdelivery",),
+        "list": ("clusters.view_webhookdelivery",),
+        "retrieve": ("clusters.view_webhookdelivery",),
     }
 
     def get_queryset(self) -> Any:
@@ -169,4 +180,6 @@ class WebhookDeliveryViewSet(APIViewSet):
         return self.paginated(self.filter_queryset(self.get_queryset()), WebhookDeliveryOutput)
 
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return Response(self.output(WebhookDeliveryOutput, get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"])))
+        return Response(
+            self.output(WebhookDeliveryOutput, get_object_or_404(self.get_queryset(), pk=self.kwargs["pk"]))
+        )

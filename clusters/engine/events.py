@@ -216,7 +216,7 @@ class EventWriter:
                 if item is not None:
                     try:
                         batch.append(build_event(self.job_id, item, self.redactor))
-                    except Exception:  # noqa: BLE001 - one malformed event must not stop the writer
+                    except Exception:
                         logger.exception("job %s: could not read event %s", self.job_id, getattr(item, "counter", "?"))
                         self.dropped += 1
                         self._gaps.append((getattr(item, "counter", 0), getattr(item, "stage", "")))
@@ -258,7 +258,7 @@ class EventWriter:
                     break
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)
-            except Exception:  # noqa: BLE001 - fall back to row by row below
+            except Exception:
                 logger.warning(
                     "job %s: inserting %d events failed; retrying one by one", self.job_id, len(batch), exc_info=True
                 )

@@ -80,7 +80,7 @@ class Heartbeat:
             while not self._stop.wait(self.interval):
                 try:
                     self.beat()
-                except Exception:  # noqa: BLE001 - keep beating once the database is back
+                except Exception:
                     self.failures += 1
                     logger.warning("job %s: heartbeat failed", self.job_id, exc_info=self.failures == 1)
                     close_old_connections()

@@ -149,7 +149,7 @@ class StageOrchestrator:
         try:
             self._job_started()
             status, explanation = self._run_stages()
-        except Exception as exc:  # noqa: BLE001 - the job must end with an explanation, whatever happened
+        except Exception as exc:
             logger.exception("job %s failed unexpectedly", self.job.pk)
             status, explanation = (
                 JobStatus.FAILED,
@@ -387,7 +387,7 @@ class StageOrchestrator:
         """The job ended without finishing its stages for a reason that is not a stage's own failure."""
         try:
             state.nodes_abort(self.cluster.pk, self.job, self.redactor.text(reason))
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.exception("job %s: could not record the abort on its nodes", self.job.pk)
 
     def _take_facts(self, outcome: RunOutcome) -> None:
@@ -473,7 +473,7 @@ class StageOrchestrator:
             if still_ours:
                 try:
                     state.cluster_settle_after_job(self.job, status)
-                except Exception:  # noqa: BLE001
+                except Exception:
                     logger.exception("job %s: could not settle the state of cluster %s", self.job.pk, self.cluster.pk)
             # Facts, stage summaries and the explanation come from Ansible's output: masked like the events.
             result = self.redactor.data(

@@ -239,7 +239,7 @@ def _queued_task_ids(queues: Iterable[str]) -> set[str]:
             held = [json.loads(value)[0] for value in client.hvals(prefix + channel.unacked_key)]
     except BrokerNotInspectable:
         raise
-    except Exception as exc:  # noqa: BLE001 - no answer: nothing can be concluded
+    except Exception as exc:
         raise BrokerNotInspectable(str(exc)) from exc
     ids = set()
     for message in [*(json.loads(value) for value in raw), *held]:
@@ -381,7 +381,7 @@ def worker_started() -> None:
             logger.warning("failed jobs %s: their worker on this host is gone", reaped)
         private_dirs_cleanup()
         run_markers_cleanup()
-    except Exception:  # noqa: BLE001 - a worker must start even when the database is not reachable yet
+    except Exception:
         logger.exception("could not reap the jobs of a previous worker")
 
 

@@ -176,7 +176,7 @@ class JobControl:
     def __call__(self) -> bool:
         try:
             self.tick()
-        except Exception:  # noqa: BLE001
+        except Exception:
             logger.warning("job %s: checking for a cancel request failed", self.job_id, exc_info=True)
             _drop_broken_connection()
         return self.should_stop
@@ -281,7 +281,7 @@ class PlaybookRunner:
         try:
             outcome = self._run_in(private_dir, spec, state)
             interrupted = False
-        except Exception as exc:  # noqa: BLE001 - any failure becomes the run's outcome
+        except Exception as exc:
             logger.exception("job %s: stage %s could not run", self.job_id, spec.stage)
             outcome = RunOutcome(
                 status="error", explanation=f"The playbook could not run: {self.redactor.text(str(exc))}"

@@ -90,7 +90,7 @@ def _end_if_still_running(job_id: int, me: str, explanation: str) -> None:
                 return
             if job_mark_lost(job=job, explanation=f"{explanation} Resume or retry the job.", kill=False):
                 return
-        except Exception:  # noqa: BLE001 - the database may be restarting
+        except Exception:
             logger.warning("job %s: could not record its end yet", job_id, exc_info=True)
             try:
                 connection.close()

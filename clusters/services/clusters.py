@@ -28,8 +28,18 @@ __all__ = [
 
 NODE_FIELDS = ("hostname", "internal_ip", "external_ip", "role", "use_external_ip", "labels", "taints", "node_vars")
 CLUSTER_FIELDS = (
-    "name", "description", "rke2_version", "registration_address", "cni", "cluster_cidr", "service_cidr",
-    "cluster_dns", "cluster_domain", "tls_san", "cluster_vars", "ssh_credential",
+    "name",
+    "description",
+    "rke2_version",
+    "registration_address",
+    "cni",
+    "cluster_cidr",
+    "service_cidr",
+    "cluster_dns",
+    "cluster_domain",
+    "tls_san",
+    "cluster_vars",
+    "ssh_credential",
 )
 # Accepted aliases for node roles: the legacy system's RKE2 types.
 _ROLE_ALIASES = {"server": "server", "agent": NodeRole.WORKER.value, "": ""}
@@ -40,7 +50,9 @@ def _requested_role(spec: Mapping[str, Any]) -> str:
     return _ROLE_ALIASES.get(role, role)
 
 
-def normalize_node_roles(nodes: Sequence[Mapping[str, Any]], *, has_initial_master: bool = False) -> list[dict[str, Any]]:
+def normalize_node_roles(
+    nodes: Sequence[Mapping[str, Any]], *, has_initial_master: bool = False
+) -> list[dict[str, Any]]:
     """Resolve node roles, returning copies of the specs with ``role`` set.
 
     ``server`` and ``agent`` are accepted as RKE2 types (``agent`` is a worker). When neither the cluster
@@ -139,9 +151,13 @@ def _check_against_existing(cluster: Cluster, nodes: Sequence[Node], *, prefix: 
     errors: dict[str, list[str]] = {}
     for index, node in enumerate(nodes, start=offset):
         if node.hostname in hostnames:
-            errors.setdefault(f"{prefix}[{index}].hostname", []).append("A node with this host name already exists in this cluster.")
+            errors.setdefault(f"{prefix}[{index}].hostname", []).append(
+                "A node with this host name already exists in this cluster."
+            )
         if node.internal_ip in addresses:
-            errors.setdefault(f"{prefix}[{index}].internal_ip", []).append("A node with this internal IP already exists in this cluster.")
+            errors.setdefault(f"{prefix}[{index}].internal_ip", []).append(
+                "A node with this internal IP already exists in this cluster."
+            )
         if node.role == NodeRole.INITIAL_MASTER and has_initial:
             errors.setdefault(f"{prefix}[{index}].role", []).append("The cluster already has an initial master.")
     if sum(1 for node in nodes if node.role == NodeRole.INITIAL_MASTER) > 1:
@@ -247,8 +263,12 @@ def cluster_delete(*, cluster: Cluster, actor: Any = None) -> None:
     """Delete a cluster's record (not its hosts: that is the uninstall job). Refused while a job is active."""
     active = cluster.jobs.filter(status__in=ACTIVE_JOB_STATUSES).first()
     if active is not None:
-        raise InvalidState(f"The cluster has an active job ({active.get_kind_display()} #{active.pk}); wait for it or cancel it.")
-    audit_record(action="cluster.delete", actor=actor, cluster=None, object_repr=cluster.name, detail={"cluster_id": cluster.pk})
+        raise InvalidState(
+            f"The cluster has an active job ({active.get_kind_display()} #{active.pk}); wait for it or cancel it."
+        )
+    audit_record(
+        action="cluster.delete", actor=actor, cluster=None, object_repr=cluster.name, detail={"cluster_id": cluster.pk}
+    )
     cluster.delete()
 
 
@@ -300,7 +320,8 @@ def nodes_mark_for_removal(*, cluster: Cluster, hostnames: Sequence[str], actor:
             raise ValidationError({"hostnames": ["Remove one server at a time, so that etcd keeps its quorum."]})
         target = target_servers[0]
         remaining = [
-            node for node in live
+            node
+            for node in live
             if node.role in SERVER_ROLES and node not in targets and node.status != NodeStatus.PENDING
         ]
         if not remaining:
@@ -308,18 +329,24 @@ def nodes_mark_for_removal(*, cluster: Cluster, hostnames: Sequence[str], actor:
         unhealthy = [node.hostname for node in remaining if node.status != NodeStatus.ACTIVE]
         if unhealthy:
             raise ValidationError(
-                {"hostnames": [
-                    f"Servers {', '.join(unhealthy)} are not active: removing another server could break etcd quorum."
-                ]}
+                {
+                    "hostnames": [
+                        f"Servers {', '.join(unhealthy)} are not active: removing another server could break etcd quorum."
+                    ]
+                }
             )
         address = cluster.registration_address
         is_registration_target = address in (target.internal_ip, target.external_ip)
         if (not address and target.role == NodeRole.INITIAL_MASTER) or is_registration_target:
             raise ValidationError(
-                {"hostnames": [
-                    f"{target.hostname} is the address the other nodes register with. Set the cluster's registration "
-                    "address to another server, a VIP or a DNS name first."
-                ]}
+                {
+                    "hostnames": [
+                        (
+                            f"{target.hostname} is the address the other nodes register with. Set the cluster's "
+                            "registration address to another server, a VIP or a DNS name first."
+                        )
+                    ]
+                }
             )
     never_installed = [node.pk for node in targets if node.status == NodeStatus.PENDING]
     installed = [node.pk for node in targets if node.status != NodeStatus.PENDING]
@@ -327,7 +354,12 @@ def nodes_mark_for_removal(*, cluster: Cluster, hostnames: Sequence[str], actor:
         Node.objects.filter(pk__in=never_installed, status=NodeStatus.PENDING).update(status=NodeStatus.REMOVED)
     if installed:
         Node.objects.filter(pk__in=installed, status__in=LIVE_NODE_STATUSES).update(status=NodeStatus.DRAINING)
-    audit_record(action="nodes.mark_for_removal", actor=actor, cluster=cluster, detail={"hostnames": [n.hostname for n in targets]})
+    audit_record(
+        action="nodes.mark_for_removal",
+        actor=actor,
+        cluster=cluster,
+        detail={"hostnames": [n.hostname for n in targets]},
+    )
     return list(Node.objects.filter(pk__in=[node.pk for node in targets]).order_by("pk"))
 
 

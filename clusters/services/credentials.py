@@ -64,7 +64,9 @@ def credential_update(*, credential: SSHCredential, data: Mapping[str, Any], act
     _save(credential)
     if changed:
         audit_record(
-            action="credential.update", actor=actor, object_repr=credential.name,
+            action="credential.update",
+            actor=actor,
+            object_repr=credential.name,
             detail={"credential_id": credential.pk, "fields": changed},
         )
     return credential

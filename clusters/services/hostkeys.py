@@ -148,7 +148,9 @@ def targets_of(inventory: Mapping[str, Any], default_port: int = 22) -> list[Hos
     return targets
 
 
-def scan_host_keys(targets: Sequence[HostTarget], *, timeout: int | None = None) -> dict[tuple[str, int], list[PublicKey]]:
+def scan_host_keys(
+    targets: Sequence[HostTarget], *, timeout: int | None = None
+) -> dict[tuple[str, int], list[PublicKey]]:
     """The public host keys each target presents now, by (address, port); hosts that do not answer are absent."""
     timeout = max(1, int(timeout if timeout is not None else settings.SSH_KEYSCAN_TIMEOUT_SECONDS))
     by_port: dict[int, list[str]] = {}

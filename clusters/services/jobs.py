@@ -44,7 +44,9 @@ def _require_credential(cluster: Cluster) -> None:
 
 def _require_bootstrapped(cluster: Cluster, kind: str) -> None:
     if not cluster.is_bootstrapped:
-        raise InvalidState(f"The cluster is not installed yet: {JobKind(kind).label.lower()} needs an installed cluster.")
+        raise InvalidState(
+            f"The cluster is not installed yet: {JobKind(kind).label.lower()} needs an installed cluster."
+        )
 
 
 def _last_failed_install_stage(cluster: Cluster) -> str | None:
@@ -111,8 +113,10 @@ def plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[str
             failed_stage = _last_failed_install_stage(cluster)
             if failed_stage is None:
                 raise ValidationError({"resume": ["There is no failed install to resume."]})
-            stages = stages[stages.index(failed_stage):]
-        elif cluster.installation_stage == InstallationStage.COMPLETE and all(n.status == NodeStatus.ACTIVE for n in live):
+            stages = stages[stages.index(failed_stage) :]
+        elif cluster.installation_stage == InstallationStage.COMPLETE and all(
+            n.status == NodeStatus.ACTIVE for n in live
+        ):
             raise InvalidState("The cluster is already installed; add nodes with a scale job.")
         return [str(stage) for stage in stages]
     if kind == JobKind.SCALE_ADD:
@@ -144,10 +148,20 @@ def plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[str
         current = validators.parse_rke2_version(cluster.rke2_version)
         wanted = validators.parse_rke2_version(target)
         if wanted < current and not params.get("allow_downgrade"):
-            raise ValidationError({"target_version": [f"{target} is older than {cluster.rke2_version}: downgrades are refused."]})
-        if wanted[:2] > current[:2] and (wanted[0], wanted[1]) != (current[0], current[1] + 1) and not params.get("allow_minor_skip"):
             raise ValidationError(
-                {"target_version": [f"{target} skips a minor version after {cluster.rke2_version}: upgrade one minor at a time."]}
+                {"target_version": [f"{target} is older than {cluster.rke2_version}: downgrades are refused."]}
+            )
+        if (
+            wanted[:2] > current[:2]
+            and (wanted[0], wanted[1]) != (current[0], current[1] + 1)
+            and not params.get("allow_minor_skip")
+        ):
+            raise ValidationError(
+                {
+                    "target_version": [
+                        f"{target} skips a minor version after {cluster.rke2_version}: upgrade one minor at a time."
+                    ]
+                }
             )
         if wanted == current and all(node.installed_version == target for node in live):
             raise InvalidState(f"Every node already runs {target}.")
@@ -226,8 +240,13 @@ def job_request(*, cluster: Cluster, kind: str, params: dict[str, Any] | None = 
     try:
         with transaction.atomic():
             job = Job.objects.create(
-                cluster=cluster, kind=kind, params=params, stages=stages, requested_by=_user(actor),
-                celery_task_id=str(uuid.uuid4()), resume_of=resume_of,
+                cluster=cluster,
+                kind=kind,
+                params=params,
+                stages=stages,
+                requested_by=_user(actor),
+                celery_task_id=str(uuid.uuid4()),
+                resume_of=resume_of,
             )
             audit_record(action=f"job.request.{kind}", actor=actor, cluster=cluster, detail={"job_id": job.pk})
     except IntegrityError:
@@ -251,10 +270,17 @@ def job_cancel(*, job: Job, actor: Any = None) -> Job:
     worker within seconds (its status changes when the playbook has stopped)."""
     now = timezone.now()
     with transaction.atomic():
-        started = Job.objects.filter(pk=job.pk, status=JobStatus.PENDING).update(
-            status=JobStatus.CANCELED, cancel_requested=True, cancel_requested_at=now,
-            cancel_requested_by=_user(actor), finished_at=now, explanation="Canceled before it started.",
-        ) == 0
+        started = (
+            Job.objects.filter(pk=job.pk, status=JobStatus.PENDING).update(
+                status=JobStatus.CANCELED,
+                cancel_requested=True,
+                cancel_requested_at=now,
+                cancel_requested_by=_user(actor),
+                finished_at=now,
+                explanation="Canceled before it started.",
+            )
+            == 0
+        )
         if started:
             updated = Job.objects.filter(pk=job.pk, status=JobStatus.RUNNING, cancel_requested=False).update(
                 cancel_requested=True, cancel_requested_at=now, cancel_requested_by=_user(actor)

@@ -245,10 +245,10 @@ def _read_sqlite(source: str, table: str, nodes_table: str) -> list[dict[str, An
         tables = {row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
         if table not in tables:
             raise LegacySourceError(f"{path} has no table {table!r}.")
-        clusters = [dict(row) for row in connection.execute(f'SELECT * FROM "{table}"')]
+        clusters = [dict(row) for row in connection.execute(f'SELECT * FROM "{table}"')]  # noqa: S608 - a known table
         clusters.sort(key=lambda row: (row.get("id") is None, row.get("id") or 0))
         if clusters and "nodes" not in clusters[0] and nodes_table in tables:
-            rows = [dict(row) for row in connection.execute(f'SELECT * FROM "{nodes_table}"')]
+            rows = [dict(row) for row in connection.execute(f'SELECT * FROM "{nodes_table}"')]  # noqa: S608
             _attach_nodes_table(clusters, rows)
         return clusters
     except sqlite3.Error as exc:

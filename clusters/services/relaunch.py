@@ -59,7 +59,9 @@ def job_relaunch(*, job: Job, actor: Any = None, confirm: str = "") -> Job:
     params = relaunch_params(job, confirm=confirm)
     new = job_request(cluster=job.cluster, kind=job.kind, params=params, actor=actor)
     audit_record(
-        action="job.relaunch", actor=actor, cluster=job.cluster,
+        action="job.relaunch",
+        actor=actor,
+        cluster=job.cluster,
         detail={"job_id": new.pk, "relaunch_of": job.pk, "resume": bool(params.get("resume"))},
     )
     return new

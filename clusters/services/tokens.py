@@ -61,7 +61,12 @@ def api_token_create(*, user: Any, name: str, expires_in_days: int | None = None
         action="api_token.created",
         actor=user,
         object_repr=f"{user.get_username()}: {name}",
-        detail={"token_id": instance.pk, "name": name, "token_key": instance.token_key, "expiry": instance.expiry.isoformat()},
+        detail={
+            "token_id": instance.pk,
+            "name": name,
+            "token_key": instance.token_key,
+            "expiry": instance.expiry.isoformat(),
+        },
     )
     return instance, plaintext
 

@@ -213,7 +213,9 @@ def database_import(path: Path, *, progress: Callable[[str, int], None] | None =
             f"This database is not migrated like the source ({', '.join(differing)} differ): run manage.py migrate "
             "with the same version of the portal as the source, then import again."
         )
-    present = [str(model._meta.verbose_name_plural) for model in (Cluster, SSHCredential, Job) if model.objects.exists()]
+    present = [
+        str(model._meta.verbose_name_plural) for model in (Cluster, SSHCredential, Job) if model.objects.exists()
+    ]
     if present:
         raise TransferError(
             f"This database already holds {', '.join(present)}: import into a new, freshly migrated database."

@@ -83,8 +83,13 @@ def webhook_create(*, actor: Any = None, secret: str, **fields: Any) -> Webhook:
     webhook.full_clean()
     with transaction.atomic():
         webhook.save()
-        audit_record(action="webhook.create", actor=actor, cluster=webhook.cluster, object_repr=webhook.name,
-                     detail={"webhook_id": webhook.pk, "url": webhook.url})
+        audit_record(
+            action="webhook.create",
+            actor=actor,
+            cluster=webhook.cluster,
+            object_repr=webhook.name,
+            detail={"webhook_id": webhook.pk, "url": webhook.url},
+        )
     return webhook
 
 
@@ -103,15 +108,25 @@ def webhook_update(*, webhook: Webhook, data: dict[str, Any], actor: Any = None)
     with transaction.atomic():
         webhook.save()
         changed = sorted(data) + (["secret"] if secret else [])
-        audit_record(action="webhook.change", actor=actor, cluster=webhook.cluster, object_repr=webhook.name,
-                     detail={"webhook_id": webhook.pk, "fields": changed})
+        audit_record(
+            action="webhook.change",
+            actor=actor,
+            cluster=webhook.cluster,
+            object_repr=webhook.name,
+            detail={"webhook_id": webhook.pk, "fields": changed},
+        )
     return webhook
 
 
 def webhook_delete(*, webhook: Webhook, actor: Any = None) -> None:
     with transaction.atomic():
-        audit_record(action="webhook.delete", actor=actor, cluster=webhook.cluster, object_repr=webhook.name,
-                     detail={"webhook_id": webhook.pk})
+        audit_record(
+            action="webhook.delete",
+            actor=actor,
+            cluster=webhook.cluster,
+            object_repr=webhook.name,
+            detail={"webhook_id": webhook.pk},
+        )
         webhook.delete()
 
 
@@ -347,8 +362,13 @@ def webhook_delivery_redeliver(*, delivery: WebhookDelivery, actor: Any = None) 
         WebhookDelivery.objects.filter(pk=delivery.pk).update(
             status=WebhookDeliveryStatus.PENDING, attempts=0, next_attempt_at=None, error=""
         )
-        audit_record(action="webhook.redeliver", actor=actor, cluster=delivery.job.cluster,
-                     object_repr=delivery.webhook.name, detail={"delivery_id": delivery.pk, "job_id": delivery.job_id})
+        audit_record(
+            action="webhook.redeliver",
+            actor=actor,
+            cluster=delivery.job.cluster,
+            object_repr=delivery.webhook.name,
+            detail={"delivery_id": delivery.pk, "job_id": delivery.job_id},
+        )
         transaction.on_commit(partial(_enqueue, delivery.pk), robust=True)
     delivery.refresh_from_db()
     return delivery

@@ -435,7 +435,9 @@ def test_delete_cluster_goes_through_the_service(admin_client: Any, cluster: Clu
     assert refused.status_code == 302
     assert refused["Location"] == reverse("admin:clusters_cluster_change", args=[cluster.pk])
     shown = follow_messages(admin_client, refused)
-    assert any(message.startswith("The cluster was not deleted") and "active job" in message for message in shown), shown
+    assert any(message.startswith("The cluster was not deleted") and "active job" in message for message in shown), (
+        shown
+    )
     assert Cluster.objects.filter(pk=cluster.pk).exists()
     Job.objects.filter(pk=job.pk).update(status=JobStatus.SUCCESSFUL)
     assert admin_client.post(url, {"post": "yes"}).status_code == 302
@@ -486,9 +488,7 @@ def test_install_page_shows_the_plan_and_starts_the_install(
 
 
 def test_install_resumes_a_failed_install(admin_client: Any, cluster: Cluster) -> None:
-    failed = make_job(
-        cluster, status=JobStatus.FAILED, stage="workers", stages_completed=2, started_at=timezone.now()
-    )
+    failed = make_job(cluster, status=JobStatus.FAILED, stage="workers", stages_completed=2, started_at=timezone.now())
     page = admin_client.get(op_url(cluster, "install"))
     assert "resume" in page.context["form"].fields
     assert "workers → all" in page.content.decode()

@@ -39,11 +39,23 @@ def staff(django_user_model: Any, client: Any) -> Any:
 
 def failed_upgrade(cluster: Cluster) -> Job:
     return Job.objects.create(
-        cluster=cluster, kind=JobKind.UPGRADE, status=JobStatus.FAILED, stages=["upgrade"], stage="upgrade",
-        params={"target_version": "v1.32.1+rke2r1"}, finished_at=timezone.now(),
+        cluster=cluster,
+        kind=JobKind.UPGRADE,
+        status=JobStatus.FAILED,
+        stages=["upgrade"],
+        stage="upgrade",
+        params={"target_version": "v1.32.1+rke2r1"},
+        finished_at=timezone.now(),
         result={
-            "stages": [{"stage": "upgrade", "playbook": "upgrade.yml", "status": "failed", "rc": 2,
-                        "failed_hosts": {"alpha-s1": "drain timed out"}}],
+            "stages": [
+                {
+                    "stage": "upgrade",
+                    "playbook": "upgrade.yml",
+                    "status": "failed",
+                    "rc": 2,
+                    "failed_hosts": {"alpha-s1": "drain timed out"},
+                }
+            ],
             "facts": {"alpha-s1": {"version": "v1.31.4+rke2r1", "ready": True}},
             "dropped_events": 0,
         },
@@ -63,8 +75,9 @@ def test_job_page_shows_result_tables_relaunch_and_log_filters(admin_client: Any
     assert 'id="log-search"' in html
 
 
-def test_relaunch_from_the_job_page(admin_client: Any, cluster: Cluster, django_capture_on_commit_callbacks: Any,
-                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relaunch_from_the_job_page(
+    admin_client: Any, cluster: Cluster, django_capture_on_commit_callbacks: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from clusters.tasks import run_job
 
     monkeypatch.setattr(run_job, "apply_async", lambda *args, **kwargs: None)
@@ -92,8 +105,14 @@ def test_relaunch_needs_the_job_permission(staff: Any, cluster: Cluster) -> None
 
 def test_failed_install_relaunch_is_a_resume_and_uninstall_asks_the_name(admin_client: Any) -> None:
     cluster = make_cluster("beta", servers=1, ssh_credential=make_credential("ops2"))
-    install = Job.objects.create(cluster=cluster, kind=JobKind.INSTALL, status=JobStatus.FAILED,
-                                 stage=InstallationStage.WORKERS, started_at=timezone.now(), stages=["initial_master"])
+    install = Job.objects.create(
+        cluster=cluster,
+        kind=JobKind.INSTALL,
+        status=JobStatus.FAILED,
+        stage=InstallationStage.WORKERS,
+        started_at=timezone.now(),
+        stages=["initial_master"],
+    )
     html = admin_client.get(reverse("admin:clusters_job_change", args=[install.pk])).content.decode()
     assert "Relaunch (resume)" in html
     uninstall = Job.objects.create(cluster=cluster, kind=JobKind.UNINSTALL, status=JobStatus.FAILED)
@@ -103,15 +122,17 @@ def test_failed_install_relaunch_is_a_resume_and_uninstall_asks_the_name(admin_c
     assert "Type the cluster" in response.content.decode()
 
 
-def test_cluster_action_relaunches_the_last_finished_job(admin_client: Any, cluster: Cluster,
-                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cluster_action_relaunches_the_last_finished_job(
+    admin_client: Any, cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from clusters.tasks import run_job
 
     monkeypatch.setattr(run_job, "apply_async", lambda *args, **kwargs: None)
     job = failed_upgrade(cluster)
     response = admin_client.post(
         reverse("admin:clusters_cluster_changelist"),
-        {"action": "action_relaunch_last", "_selected_action": [cluster.pk]}, follow=True,
+        {"action": "action_relaunch_last", "_selected_action": [cluster.pk]},
+        follow=True,
     )
     assert response.status_code == 200
     new = Job.objects.exclude(pk=job.pk).get()
@@ -125,8 +146,14 @@ def test_cluster_action_relaunches_the_last_finished_job(admin_client: Any, clus
 def test_webhook_added_in_the_admin_keeps_its_secret_hidden(admin_client: Any, cluster: Cluster) -> None:
     response = admin_client.post(
         reverse("admin:clusters_webhook_add"),
-        {"name": "chat", "url": "https://chat.example.com/hook", "secret": SECRET, "cluster": cluster.pk,
-         "enabled": "on", "notify_failed": "on"},
+        {
+            "name": "chat",
+            "url": "https://chat.example.com/hook",
+            "secret": SECRET,
+            "cluster": cluster.pk,
+            "enabled": "on",
+            "notify_failed": "on",
+        },
     )
     assert response.status_code == 302, response.content.decode()[:2000]
     hook = Webhook.objects.get(name="chat")
@@ -146,16 +173,25 @@ def test_webhook_added_in_the_admin_keeps_its_secret_hidden(admin_client: Any, c
         {"name": "chat", "url": "https://u:p@chat.example.com/", "enabled": "on", "notify_failed": "on"},
     )
     assert response.status_code == 200 and "no user name or password" in response.content.decode()
-    response = admin_client.post(reverse("admin:clusters_webhook_add"), {"name": "nosecret", "url": "https://x.example.com/",
-                                                                          "notify_failed": "on"})
+    response = admin_client.post(
+        reverse("admin:clusters_webhook_add"),
+        {"name": "nosecret", "url": "https://x.example.com/", "notify_failed": "on"},
+    )
     assert response.status_code == 200 and not Webhook.objects.filter(name="nosecret").exists()
 
 
 def test_delivery_log_lists_response_codes(admin_client: Any, cluster: Cluster) -> None:
     hook = webhook_create(name="chat", url="https://chat.example.com/", secret=SECRET)
     job = failed_upgrade(cluster)
-    WebhookDelivery.objects.create(webhook=hook, job=job, event="job.failed", status="failed", attempts=6,
-                                   response_code=503, error="The receiver answered HTTP 503. Gave up after 6 attempts.")
+    WebhookDelivery.objects.create(
+        webhook=hook,
+        job=job,
+        event="job.failed",
+        status="failed",
+        attempts=6,
+        response_code=503,
+        error="The receiver answered HTTP 503. Gave up after 6 attempts.",
+    )
     html = admin_client.get(reverse("admin:clusters_webhookdelivery_changelist")).content.decode()
     assert "503" in html and "job.failed" in html and f"#{job.pk}" in html
     assert SECRET not in html

@@ -26,7 +26,9 @@ def keys(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
 def test_fingerprint_matches_ssh_keygen(keys: list[str], tmp_path: Path) -> None:
     path = tmp_path / "key.pub"
     path.write_text(keys[0] + "\n")
-    printed = subprocess.run(["ssh-keygen", "-l", "-E", "sha256", "-f", str(path)], capture_output=True, text=True, check=True)
+    printed = subprocess.run(
+        ["ssh-keygen", "-l", "-E", "sha256", "-f", str(path)], capture_output=True, text=True, check=True
+    )
 
     assert printed.stdout.split()[1] == fingerprint(keys[0].split()[1])
 

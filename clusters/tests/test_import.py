@@ -345,7 +345,7 @@ def build_sqlite_source(path: Path, *, nodes_table: bool = False) -> None:
                 "token VARCHAR, server_url VARCHAR, cni VARCHAR, status VARCHAR, created_at DATETIME, nodes JSON)"
             )
             db.executemany(
-                f"INSERT INTO clusters ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",
+                f"INSERT INTO clusters ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})",  # noqa: S608
                 [tuple(json.dumps(row[c]) if c == "nodes" else row[c] for c in COLUMNS) for row in LEGACY_CLUSTERS],
             )
     db.close()
@@ -423,7 +423,7 @@ def postgres_source() -> Iterator[str]:
             )
             with db.cursor() as cursor:
                 cursor.executemany(
-                    f"INSERT INTO clusters ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})",
+                    f"INSERT INTO clusters ({', '.join(COLUMNS)}) VALUES ({', '.join(['%s'] * len(COLUMNS))})",  # noqa: S608
                     [tuple(Json(row[c]) if c == "nodes" else row[c] for c in COLUMNS) for row in LEGACY_CLUSTERS],
                 )
         yield source

@@ -413,6 +413,8 @@ def test_valid_job_options_are_kept(django_capture_on_commit_callbacks):
 
     cluster = make_cluster(servers=1, ssh_credential=make_credential())
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        job = job_request(cluster=cluster, kind=JobKind.PREFLIGHT, params={"workers_batch": "25%", "drain_timeout": 120})
+        job = job_request(
+            cluster=cluster, kind=JobKind.PREFLIGHT, params={"workers_batch": "25%", "drain_timeout": 120}
+        )
     assert job.params == {"workers_batch": "25%", "drain_timeout": 120}
     assert len(callbacks) == 1

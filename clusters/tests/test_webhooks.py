@@ -155,7 +155,11 @@ def test_deliveries_follow_scope_status_and_enabled(cluster: Any) -> None:
 
     ok = finished(cluster, JobStatus.SUCCESSFUL)
     ids = webhooks_notify_job(job_id=ok.pk)
-    assert {WebhookDelivery.objects.get(pk=pk).webhook_id for pk in ids} == {everywhere.pk, only_alpha.pk, success_only.pk}
+    assert {WebhookDelivery.objects.get(pk=pk).webhook_id for pk in ids} == {
+        everywhere.pk,
+        only_alpha.pk,
+        success_only.pk,
+    }
 
     canceled = finished(cluster, JobStatus.CANCELED)
     assert webhooks_notify_job(job_id=canceled.pk) == []  # nobody asked for cancels
@@ -223,9 +227,7 @@ def test_signature_refuses_old_timestamps() -> None:
 
 
 @pytest.mark.django_db
-def test_failed_attempts_back_off_then_give_up(
-    cluster: Any, receiver: Callable[..., Receiver], settings: Any
-) -> None:
+def test_failed_attempts_back_off_then_give_up(cluster: Any, receiver: Callable[..., Receiver], settings: Any) -> None:
     settings.WEBHOOK_MAX_ATTEMPTS = 3
     settings.WEBHOOK_RETRY_BASE_SECONDS = 5
     server = receiver([500, 503, 502])
@@ -267,7 +269,9 @@ def test_redirects_are_not_followed_and_unreachable_receivers_retry(
     closed.server.server_close()  # nothing listens there any more
     hook(url, name="gone")
     job = finished(cluster)
-    (gone_id,) = [pk for pk in webhooks_notify_job(job_id=job.pk) if WebhookDelivery.objects.get(pk=pk).webhook.name == "gone"]
+    (gone_id,) = [
+        pk for pk in webhooks_notify_job(job_id=job.pk) if WebhookDelivery.objects.get(pk=pk).webhook.name == "gone"
+    ]
     outcome = webhook_delivery_attempt(delivery_id=gone_id)
     assert outcome.status == "retrying"
     delivery = WebhookDelivery.objects.get(pk=gone_id)

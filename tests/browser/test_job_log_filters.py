@@ -20,15 +20,29 @@ LINES = "document.querySelectorAll('#job-log .rke2-log-line').length"
 def test_log_filters_by_host_and_text(logged_in: Any, live_server: Any, operator: Any, screenshot: Any) -> None:
     cluster = make_cluster("filters", servers=1, workers=2)
     job = Job.objects.create(
-        cluster=cluster, kind=JobKind.HEALTH, status=JobStatus.SUCCESSFUL, stages=["health"], stage="health",
-        stages_completed=1, requested_by=operator, started_at=timezone.now(), finished_at=timezone.now(),
+        cluster=cluster,
+        kind=JobKind.HEALTH,
+        status=JobStatus.SUCCESSFUL,
+        stages=["health"],
+        stage="health",
+        stages_completed=1,
+        requested_by=operator,
+        started_at=timezone.now(),
+        finished_at=timezone.now(),
         emitted_events=9,
     )
     hosts = ["filters-s1", "filters-w1", "filters-w2"]
     JobEvent.objects.bulk_create(
-        JobEvent(job=job, counter=counter, event="runner_on_ok", host_name=hosts[(counter - 1) % 3], stage="health",
-                 task=f"check {counter}", stdout=f"ok: [{hosts[(counter - 1) % 3]}] kubelet {'Ready' if counter != 5 else 'NotReady'}",
-                 created=timezone.now())
+        JobEvent(
+            job=job,
+            counter=counter,
+            event="runner_on_ok",
+            host_name=hosts[(counter - 1) % 3],
+            stage="health",
+            task=f"check {counter}",
+            stdout=f"ok: [{hosts[(counter - 1) % 3]}] kubelet {'Ready' if counter != 5 else 'NotReady'}",
+            created=timezone.now(),
+        )
         for counter in range(1, 10)
     )
     page = logged_in

@@ -78,7 +78,7 @@ def test_preflight_job_on_test_hosts(
     job.refresh_from_db()
     assert job.status == JobStatus.SUCCESSFUL, f"{job.explanation}\n{job_worker.log_text()[-3000:]}"
     final = page.evaluate(LINES)
-    growing = sorted(set(count for count in samples if 0 < count < final))
+    growing = sorted({count for count in samples if 0 < count < final})
     assert len(growing) >= 2, f"the log did not grow while the job ran: samples {samples}, final {final}"
 
     progress = page.locator("#job-progress")

@@ -141,7 +141,9 @@ def mark_installed(cluster: Cluster, *, kubeconfig: str = KUBECONFIG) -> Cluster
     now = timezone.now()
     cluster.cluster_nodes.update(status=NodeStatus.ACTIVE, installed_version=cluster.rke2_version)
     Cluster.objects.filter(pk=cluster.pk).update(
-        status=ClusterStatus.ACTIVE, installation_stage=InstallationStage.COMPLETE, bootstrapped_at=now,
+        status=ClusterStatus.ACTIVE,
+        installation_stage=InstallationStage.COMPLETE,
+        bootstrapped_at=now,
         kubeconfig=kubeconfig,
     )
     cluster.refresh_from_db()
@@ -164,9 +166,15 @@ def add_events(job: Job, count: int, *, start: int = 1, stage: str = "initial_ma
     base = dt.datetime(2026, 1, 2, 3, 4, 5, 123456, tzinfo=dt.UTC)
     events = [
         JobEvent(
-            job=job, counter=counter, stage=stage, event="runner_on_ok", host_name=f"node{counter % 3 + 1}",
-            task=f"task {counter}", stdout=f"\x1b[0;32mok: [node{counter % 3 + 1}] line {counter}\x1b[0m",
-            changed=counter % 2 == 0, created=base + dt.timedelta(seconds=counter),
+            job=job,
+            counter=counter,
+            stage=stage,
+            event="runner_on_ok",
+            host_name=f"node{counter % 3 + 1}",
+            task=f"task {counter}",
+            stdout=f"\x1b[0;32mok: [node{counter % 3 + 1}] line {counter}\x1b[0m",
+            changed=counter % 2 == 0,
+            created=base + dt.timedelta(seconds=counter),
         )
         for counter in range(start, start + count)
     ]

@@ -60,8 +60,14 @@ def test_create_with_nodes(api, credential):
             {"hostname": "m1", "internal_ip": "10.1.0.1", "role": "server"},
             {"hostname": "m2", "internal_ip": "10.1.0.2", "role": "server"},
             {"hostname": "m3", "internal_ip": "10.1.0.3", "role": "server"},
-            {"hostname": "w1", "internal_ip": "10.1.0.4", "external_ip": "192.0.2.4", "use_external_ip": True,
-             "labels": ["tier=web"], "taints": ["dedicated=web:NoSchedule"]},
+            {
+                "hostname": "w1",
+                "internal_ip": "10.1.0.4",
+                "external_ip": "192.0.2.4",
+                "use_external_ip": True,
+                "labels": ["tier=web"],
+                "taints": ["dedicated=web:NoSchedule"],
+            },
         ],
     }
 
@@ -120,7 +126,7 @@ def test_create_type_errors_use_the_same_paths(api):
 
 
 @pytest.mark.parametrize(
-    "changes, field",
+    ("changes", "field"),
     [
         ({"name": "Not A Label"}, "name"),
         ({"rke2_version": "1.31"}, "rke2_version"),
@@ -252,4 +258,3 @@ def test_nodes_of_unknown_cluster(api):
 
     assert response.status_code == 404
     assert response.json()["code"] == "not_found"
-

@@ -12,15 +12,28 @@ from .conftest import KEY_PASSPHRASE, assert_no_secret, make_private_key
 pytestmark = pytest.mark.django_db
 
 OUTPUT_KEYS = {
-    "id", "name", "username", "port", "become", "public_key_fingerprint", "has_passphrase", "known_hosts",
-    "cluster_count", "created_at", "updated_at",
+    "id",
+    "name",
+    "username",
+    "port",
+    "become",
+    "public_key_fingerprint",
+    "has_passphrase",
+    "known_hosts",
+    "cluster_count",
+    "created_at",
+    "updated_at",
 }
 
 
 def test_create_shows_fingerprint_never_the_key(api, encrypted_private_key, secrets_of):
     payload = {
-        "name": "prod", "username": "ubuntu", "port": 2222, "become": True,
-        "private_key": encrypted_private_key, "passphrase": KEY_PASSPHRASE,
+        "name": "prod",
+        "username": "ubuntu",
+        "port": 2222,
+        "become": True,
+        "private_key": encrypted_private_key,
+        "passphrase": KEY_PASSPHRASE,
     }
 
     response = api.post("/api/credentials/", payload, format="json")
@@ -51,10 +64,12 @@ def test_list_and_retrieve_never_show_secrets(api, credential, cluster, secrets_
 
 
 @pytest.mark.parametrize(
-    "changes, field",
+    ("changes", "field"),
     [
-        ({"private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"},
-         "private_key"),
+        (
+            {"private_key": "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n"},
+            "private_key",
+        ),
         ({"private_key": ""}, "private_key"),
         ({"passphrase": "unexpected"}, "passphrase"),
         ({"port": 0}, "port"),
@@ -104,7 +119,8 @@ def test_update_keeps_secrets_that_are_not_given(api, credential, private_key):
 def test_update_with_a_new_key_replaces_the_passphrase(api, private_key, encrypted_private_key):
     created = api.post(
         "/api/credentials/",
-        {"name": "k", "private_key": encrypted_private_key, "passphrase": KEY_PASSPHRASE}, format="json",
+        {"name": "k", "private_key": encrypted_private_key, "passphrase": KEY_PASSPHRASE},
+        format="json",
     ).json()
     new_key = make_private_key()
 

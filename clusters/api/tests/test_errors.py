@@ -69,7 +69,7 @@ def test_method_not_allowed(api, cluster):
 
 
 @pytest.mark.parametrize(
-    "payload, field",
+    ("payload", "field"),
     [
         ({"name": 123456, "rke2_version": "v1.31.4+rke2r1"}, "name"),
         ({"name": True, "rke2_version": "v1.31.4+rke2r1"}, "name"),
@@ -185,10 +185,17 @@ def test_no_response_contains_a_secret(make_user, client_for, finished_job, secr
     add_events(finished_job, 3, start=6)
     client = client_for(make_user("root", superuser=True))
     reads = [
-        "/api/clusters/", f"/api/clusters/{cluster.pk}/", f"/api/clusters/{cluster.pk}/nodes/",
-        f"/api/clusters/{cluster.pk}/inventory/", f"/api/clusters/{cluster.pk}/config/node1/",
-        f"/api/clusters/{cluster.pk}/config/node2/", "/api/jobs/", f"/api/jobs/{finished_job.pk}/",
-        f"/api/jobs/{finished_job.pk}/events/", "/api/credentials/", f"/api/credentials/{credential.pk}/",
+        "/api/clusters/",
+        f"/api/clusters/{cluster.pk}/",
+        f"/api/clusters/{cluster.pk}/nodes/",
+        f"/api/clusters/{cluster.pk}/inventory/",
+        f"/api/clusters/{cluster.pk}/config/node1/",
+        f"/api/clusters/{cluster.pk}/config/node2/",
+        "/api/jobs/",
+        f"/api/jobs/{finished_job.pk}/",
+        f"/api/jobs/{finished_job.pk}/events/",
+        "/api/credentials/",
+        f"/api/credentials/{credential.pk}/",
         "/api/schema/",
     ]
     for url in reads:

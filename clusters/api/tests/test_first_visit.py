@@ -34,8 +34,18 @@ def test_api_root_lists_the_resources_without_authentication() -> None:
     response = Client().get("/api/")
     assert response.status_code == 200
     body = response.json()
-    for name in ("clusters", "jobs", "credentials", "host-keys", "tokens", "audit-log", "webhooks",
-                 "webhook-deliveries", "schema", "docs"):
+    for name in (
+        "clusters",
+        "jobs",
+        "credentials",
+        "host-keys",
+        "tokens",
+        "audit-log",
+        "webhooks",
+        "webhook-deliveries",
+        "schema",
+        "docs",
+    ):
         assert body[name].startswith("http://testserver/api/"), name
     assert Client().get(body["clusters"]).status_code == 401  # the resources still need a credential
 
@@ -51,14 +61,28 @@ def test_clusters_sort_and_search(api: Any, make_cluster: Callable[..., Any]) ->
     assert names(api.get("/api/clusters/", {"ordering": "name"})) == ["alpha", "bravo", "charlie"]
     assert names(api.get("/api/clusters/", {"search": "BRAV"})) == ["bravo"]
     assert names(api.get("/api/clusters/", {"search": "cluster", "ordering": "-created_at"})) == [
-        "charlie", "alpha", "bravo"
+        "charlie",
+        "alpha",
+        "bravo",
     ]
 
 
-@pytest.mark.parametrize("url", ["/api/clusters/", "/api/jobs/", "/api/credentials/", "/api/host-keys/",
-                                 "/api/tokens/", "/api/audit-log/", "/api/webhooks/", "/api/webhook-deliveries/"])
-def test_unknown_ordering_is_a_400_naming_the_field(client_for: Callable[..., Any], make_user: Callable[..., Any],
-                                                     url: str) -> None:
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/api/clusters/",
+        "/api/jobs/",
+        "/api/credentials/",
+        "/api/host-keys/",
+        "/api/tokens/",
+        "/api/audit-log/",
+        "/api/webhooks/",
+        "/api/webhook-deliveries/",
+    ],
+)
+def test_unknown_ordering_is_a_400_naming_the_field(
+    client_for: Callable[..., Any], make_user: Callable[..., Any], url: str
+) -> None:
     client = client_for(make_user("root", superuser=True))
     response = client.get(url, {"ordering": "secret_sauce"})
     assert response.status_code == 400, response.content
@@ -110,14 +134,23 @@ def test_audit_log_filters_and_permissions(
 
 @pytest.mark.parametrize("count", [1, 20])
 def test_new_lists_cost_constant_queries(
-    api: Any, operator: Any, make_user: Callable[..., Any], client_for: Callable[..., Any],
-    make_cluster: Callable[..., Any], django_assert_num_queries: Any, count: int
+    api: Any,
+    operator: Any,
+    make_user: Callable[..., Any],
+    client_for: Callable[..., Any],
+    make_cluster: Callable[..., Any],
+    django_assert_num_queries: Any,
+    count: int,
 ) -> None:
     cluster = make_cluster("alpha", nodes=1)
     for index in range(count):
         audit_record(action=f"test.{index}", actor=operator, cluster=cluster)
-        hook = webhook_create(name=f"hook{index:02d}", url=f"https://h{index}.example.com/", secret="s" * 20,
-                              cluster=cluster if index % 2 else None)
+        hook = webhook_create(
+            name=f"hook{index:02d}",
+            url=f"https://h{index}.example.com/",
+            secret="s" * 20,
+            cluster=cluster if index % 2 else None,
+        )
         WebhookDelivery.objects.create(webhook=hook, job=make_job(cluster), event="job.successful")
     with django_assert_num_queries(AUTH + 2):  # count, page
         response = api.get("/api/audit-log/", {"page_size": 100})
@@ -172,4 +205,8 @@ def test_readyz_needs_a_live_worker(worker_factory: Callable[..., Any]) -> None:
     worker_factory(concurrency=1, queues="celery")
     response = Client().get("/readyz")
     assert response.status_code == 200, response.content
-    assert response.json()["checks"]["worker"] == {"ok": True, "workers": 1, "ms": response.json()["checks"]["worker"]["ms"]}
+    assert response.json()["checks"]["worker"] == {
+        "ok": True,
+        "workers": 1,
+        "ms": response.json()["checks"]["worker"]["ms"],
+    }

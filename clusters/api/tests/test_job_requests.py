@@ -129,7 +129,7 @@ def test_install_needs_a_credential(make_cluster, post):
 
 
 @pytest.mark.parametrize(
-    "payload, field",
+    ("payload", "field"),
     [
         ({"resume": "yes"}, "resume"),
         ({"resume": 1}, "resume"),
@@ -204,7 +204,7 @@ def test_preflight_accepts_an_empty_body(cluster, post):
     assert_accepted(*post(f"/api/clusters/{cluster.pk}/preflight/"), kind=JobKind.PREFLIGHT)
 
 
-@pytest.mark.parametrize("path, kind", [("fetch-kubeconfig", JobKind.FETCH_KUBECONFIG), ("health", JobKind.HEALTH)])
+@pytest.mark.parametrize(("path", "kind"), [("fetch-kubeconfig", JobKind.FETCH_KUBECONFIG), ("health", JobKind.HEALTH)])
 def test_maintenance_jobs(installed_cluster, path, kind, post):
     assert_accepted(*post(f"/api/clusters/{installed_cluster.pk}/{path}/", {}), kind=kind)
 
@@ -310,7 +310,7 @@ def test_scale_remove_of_never_installed_nodes_needs_no_job(installed_cluster, p
 
 
 @pytest.mark.parametrize(
-    "hostnames, message",
+    ("hostnames", "message"),
     [(["node1"], "last server"), (["ghost"], "ghost")],
 )
 def test_scale_remove_refusals(installed_cluster, hostnames, message, post):

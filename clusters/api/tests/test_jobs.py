@@ -129,9 +129,14 @@ def test_events_default_and_maximum_limit(api, installed_cluster):
 
 
 @pytest.mark.parametrize(
-    "query, field",
-    [({"limit": 2001}, "limit"), ({"limit": 0}, "limit"), ({"after": -1}, "after"), ({"after": "x"}, "after"),
-     ({"after": "9" * 40}, "after")],
+    ("query", "field"),
+    [
+        ({"limit": 2001}, "limit"),
+        ({"limit": 0}, "limit"),
+        ({"after": -1}, "after"),
+        ({"after": "x"}, "after"),
+        ({"after": "9" * 40}, "after"),
+    ],
 )
 def test_events_rejects_bad_parameters(api, finished_job, query, field):
     response = api.get(f"/api/jobs/{finished_job.pk}/events/", query)

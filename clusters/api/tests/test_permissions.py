@@ -46,13 +46,19 @@ ENDPOINTS = [
     Endpoint("cluster-create", "post", lambda o: "/api/clusters/", WRITE, {"name": "new", "rke2_version": VERSION}),
     Endpoint("cluster-patch", "patch", lambda o: f"/api/clusters/{o['cluster']}/", WRITE, {"description": "x"}),
     Endpoint(
-        "cluster-put", "put", lambda o: f"/api/clusters/{o['cluster']}/", WRITE,
+        "cluster-put",
+        "put",
+        lambda o: f"/api/clusters/{o['cluster']}/",
+        WRITE,
         {"name": "alpha", "rke2_version": VERSION},
     ),
     Endpoint("cluster-delete", "delete", lambda o: f"/api/clusters/{o['other_cluster']}/", WRITE),
     Endpoint("install", "post", lambda o: f"/api/clusters/{o['other_cluster']}/install/", WRITE, {}),
     Endpoint(
-        "upgrade", "post", lambda o: f"/api/clusters/{o['cluster']}/upgrade/", WRITE,
+        "upgrade",
+        "post",
+        lambda o: f"/api/clusters/{o['cluster']}/upgrade/",
+        WRITE,
         {"target_version": "v1.32.1+rke2r1"},
     ),
     Endpoint("uninstall", "post", lambda o: f"/api/clusters/{o['cluster']}/uninstall/", WRITE, {"confirm": "alpha"}),
@@ -60,7 +66,10 @@ ENDPOINTS = [
     Endpoint("fetch-kubeconfig", "post", lambda o: f"/api/clusters/{o['cluster']}/fetch-kubeconfig/", WRITE, {}),
     Endpoint("health", "post", lambda o: f"/api/clusters/{o['cluster']}/health/", WRITE, {}),
     Endpoint(
-        "scale-add", "post", lambda o: f"/api/clusters/{o['cluster']}/scale/add/", WRITE,
+        "scale-add",
+        "post",
+        lambda o: f"/api/clusters/{o['cluster']}/scale/add/",
+        WRITE,
         {"nodes": [{"hostname": "node7", "internal_ip": "10.0.0.7"}]},
     ),
     Endpoint(
@@ -103,12 +112,20 @@ def objects(installed_cluster, make_cluster, private_key) -> dict[str, Any]:
     finished = make_job(installed_cluster, status=JobStatus.SUCCESSFUL)
     spare = credential_create(name="spare", private_key=private_key)
     host_key = HostKey.objects.create(
-        address="10.0.0.1", port=22, hostname="node1", cluster=installed_cluster,
+        address="10.0.0.1",
+        port=22,
+        hostname="node1",
+        cluster=installed_cluster,
         public_keys="ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHN0YW5kLWluIGhvc3Qga2V5IGZvciB0ZXN0cyEhISE=\n",
     )
     return {
-        "cluster": installed_cluster.pk, "other_cluster": other.pk, "job": job.pk, "finished_job": finished.pk,
-        "credential": installed_cluster.ssh_credential_id, "spare_credential": spare.pk, "host_key": host_key.pk,
+        "cluster": installed_cluster.pk,
+        "other_cluster": other.pk,
+        "job": job.pk,
+        "finished_job": finished.pk,
+        "credential": installed_cluster.ssh_credential_id,
+        "spare_credential": spare.pk,
+        "host_key": host_key.pk,
     }
 
 

@@ -32,8 +32,9 @@ def relaunch(client: Any, job: Job, payload: dict[str, Any] | None = None) -> An
 
 def test_a_failed_upgrade_is_requested_again_with_its_parameters(api: Any, installed_cluster: Any) -> None:
     params = {"target_version": "v1.32.1+rke2r1", "workers_batch": "50%"}
-    failed = make_job(installed_cluster, kind=JobKind.UPGRADE, status=JobStatus.FAILED, params=params,
-                      stages=["upgrade"])
+    failed = make_job(
+        installed_cluster, kind=JobKind.UPGRADE, status=JobStatus.FAILED, params=params, stages=["upgrade"]
+    )
 
     response = relaunch(api, failed)
 
@@ -54,8 +55,15 @@ def test_a_failed_upgrade_is_requested_again_with_its_parameters(api: Any, insta
 
 
 def test_a_failed_install_resumes_where_it_failed(api: Any, cluster: Any) -> None:
-    failed = make_job(cluster, kind=JobKind.INSTALL, status=JobStatus.FAILED, stage=InstallationStage.WORKERS,
-                      stages_completed=2, params={"resume": False}, started_at=cluster.created_at)
+    failed = make_job(
+        cluster,
+        kind=JobKind.INSTALL,
+        status=JobStatus.FAILED,
+        stage=InstallationStage.WORKERS,
+        stages_completed=2,
+        params={"resume": False},
+        started_at=cluster.created_at,
+    )
 
     response = relaunch(api, failed)
 
@@ -94,12 +102,22 @@ def test_relaunch_when_the_state_no_longer_allows_it_is_refused(api: Any, instal
 # --- webhooks through the API ----------------------------------------------------------------------------------------
 
 
-def test_webhook_secret_is_write_only(client_for: Callable[..., Any], make_user: Callable[..., Any],
-                                      operator: Any, cluster: Any) -> None:
+def test_webhook_secret_is_write_only(
+    client_for: Callable[..., Any], make_user: Callable[..., Any], operator: Any, cluster: Any
+) -> None:
     root = client_for(make_user("root", superuser=True))
     secret = "s3cret-webhook-key-0123"
-    response = root.post("/api/webhooks/", {"name": "chat", "url": "https://chat.example.com/hook", "secret": secret,
-                                            "cluster": cluster.pk, "notify_canceled": True}, format="json")
+    response = root.post(
+        "/api/webhooks/",
+        {
+            "name": "chat",
+            "url": "https://chat.example.com/hook",
+            "secret": secret,
+            "cluster": cluster.pk,
+            "notify_canceled": True,
+        },
+        format="json",
+    )
     assert response.status_code == 201, response.json()
     body = response.json()
     assert secret not in response.content.decode() and "secret" not in body
@@ -114,12 +132,13 @@ def test_webhook_secret_is_write_only(client_for: Callable[..., Any], make_user:
     assert reveal(Webhook.objects.get(pk=hook.pk).secret) == secret
     response = root.patch(f"/api/webhooks/{hook.pk}/", {"url": "gopher://x"}, format="json")
     assert response.status_code == 400 and "url" in response.json()["errors"]
-    response = root.post("/api/webhooks/", {"name": "short", "url": "https://x.example.com/", "secret": "short"},
-                         format="json")
+    response = root.post(
+        "/api/webhooks/", {"name": "short", "url": "https://x.example.com/", "secret": "short"}, format="json"
+    )
     assert response.status_code == 400 and "secret" in response.json()["errors"]
 
     assert client_for(operator).get("/api/webhooks/").status_code == 403  # superusers, or granted explicitly
     assert root.delete(f"/api/webhooks/{hook.pk}/").status_code == 204
-    assert list(AuditLog.objects.filter(action__startswith="webhook.").values_list("action", flat=True).order_by("pk")) == [
-        "webhook.create", "webhook.change", "webhook.delete"
-    ]
+    assert list(
+        AuditLog.objects.filter(action__startswith="webhook.").values_list("action", flat=True).order_by("pk")
+    ) == ["webhook.create", "webhook.change", "webhook.delete"]

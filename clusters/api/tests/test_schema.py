@@ -114,7 +114,6 @@ def test_swagger_ui_is_served_from_own_static_files():
 KNOWN: dict[str, dict[str, list[Any]]] = {}
 
 
-
 @pytest.fixture
 def keep_connection() -> Iterator[None]:
     """Requests run inside the test's transaction: like Django's test client, the WSGI application must not close

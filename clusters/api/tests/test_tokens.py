@@ -76,8 +76,12 @@ def test_a_session_creates_a_token_and_a_token_cannot(viewer):
 
 @pytest.mark.parametrize(
     ("data", "field"),
-    [({"name": ""}, "name"), ({"name": "x", "expires_in_days": 0}, "expires_in_days"),
-     ({"name": "x", "expires_in_days": 366}, "expires_in_days"), ({"name": "x", "expires_in_days": "soon"}, "expires_in_days")],
+    [
+        ({"name": ""}, "name"),
+        ({"name": "x", "expires_in_days": 0}, "expires_in_days"),
+        ({"name": "x", "expires_in_days": 366}, "expires_in_days"),
+        ({"name": "x", "expires_in_days": "soon"}, "expires_in_days"),
+    ],
 )
 def test_bad_input_names_the_field(viewer, data, field):
     response = basic(viewer).post("/api/tokens/", data, format="json")

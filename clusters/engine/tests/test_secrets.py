@@ -78,7 +78,7 @@ def test_no_secret_in_arguments_environment_events_logs_or_files(
     # While it ran: secret files readable by the owner only, inside a private directory.
     assert modes["env/extravars"] == 0o600 and modes["env/settings"] == 0o600
     assert modes["inventory/hosts.json"] == 0o600
-    assert not any(name.endswith("env/ssh_key") or name.endswith("env/passwords") for name in modes)
+    assert not any(name.endswith(("env/ssh_key", "env/passwords")) for name in modes)
     # Afterwards: nothing left on disk, no process (ssh-agent, SSH masters) still using the directory.
     assert list(jobs_dir.iterdir()) == []
     assert not [p for p in psutil.process_iter(["cmdline"]) if str(jobs_dir) in " ".join(p.info["cmdline"] or [])]

@@ -21,5 +21,6 @@ class Command(BaseCommand):
         User.objects.create_superuser(username=options["username"], email="", password=password)
         self.stdout.write(
             self.style.SUCCESS(f"Created administrator '{options['username']}' with password: {password}")
-            + "\nThis password is shown once; change it with: manage.py changepassword " + options["username"]
+            + "\nThis password is shown once; change it with: manage.py changepassword "
+            + options["username"]
         )

@@ -54,7 +54,8 @@ class Command(BaseCommand):
             if outcome.action == "imported":
                 nodes = f"{outcome.nodes} node{'s' if outcome.nodes != 1 else ''}"
                 self.stdout.write(
-                    self.style.SUCCESS(f"{verb}: {outcome.name}") + f" ({nodes}, initial master {outcome.initial_master})"
+                    self.style.SUCCESS(f"{verb}: {outcome.name}")
+                    + f" ({nodes}, initial master {outcome.initial_master})"
                 )
                 for note in outcome.notes:
                     self.stdout.write(self.style.WARNING(f"    note: {outcome.name}: {note}"))

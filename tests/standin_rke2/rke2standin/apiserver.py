@@ -557,7 +557,7 @@ class API:
                 "name": "%s-%s" % (ref["name"], _suffix()),
                 "namespace": meta["namespace"],
                 "labels": meta.get("labels", {}),
-                "annotations": {k: v for k, v in (meta.get("annotations") or {}).items()},
+                "annotations": dict((meta.get("annotations") or {}).items()),
                 "ownerReferences": meta.get("ownerReferences"),
             }
             replacement["spec"].pop("nodeName", None)

@@ -118,7 +118,7 @@ def main(argv=None):
                 Agent(cfg, knobs, build).run()
         except (SystemExit, KeyboardInterrupt):
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - reported as RKE2 reports a fatal error
             for line in traceback.format_exc().rstrip().splitlines():
                 log.debug(line)
             log.fatal("%s: %s" % (type(exc).__name__, exc))

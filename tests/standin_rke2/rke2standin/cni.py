@@ -366,7 +366,7 @@ class Network:
             try:
                 self.check()
                 self.post()
-            except Exception as exc:  # keep probing whatever one round hit
+            except Exception as exc:  # noqa: BLE001 - keep probing whatever one round hit
                 log.error("Failed to update the CNI status", error=str(exc))
 
 
