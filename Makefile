@@ -9,6 +9,8 @@ test:
 	./scripts/test
 
 lint:
+	.venv/bin/ruff check .
+	.venv/bin/ruff format --check .
 	.venv/bin/ansible-lint --offline --profile production ansible/
 
 bench:
