@@ -101,9 +101,9 @@ class PlaybookRunner:
         _write_private(inventory_path, rendered.inventory_text())
         extravars = rendered.extravars_text(job_vars)
         if secret_overrides:
-            extravars = RenderedInventory(rendered.inventory, {**rendered.secret_vars, **secret_overrides}).extravars_text(
-                job_vars
-            )
+            extravars = RenderedInventory(
+                rendered.inventory, {**rendered.secret_vars, **secret_overrides}
+            ).extravars_text(job_vars)
         _write_private(private_dir / "env" / "extravars", extravars)
         envvars = {**self.envvars, "ANSIBLE_SSH_CONTROL_PATH_DIR": str(private_dir / "cp")}
         started = time.monotonic()
@@ -130,7 +130,9 @@ class PlaybookRunner:
             events=events,
             duration=duration,
             private_dir=private_dir,
-            stats={key: stats_data.get(key) or {} for key in ("ok", "changed", "failures", "dark", "skipped", "rescued")},
+            stats={
+                key: stats_data.get(key) or {} for key in ("ok", "changed", "failures", "dark", "skipped", "rescued")
+            },
             artifact_data=stats_data.get("artifact_data") or {},
         )
         self.results.append(result)
