@@ -132,6 +132,26 @@ def load_private_key(text: str, passphrase: str = "") -> str:
     return f"SHA256:{digest}"
 
 
+def unlocked_private_key(text: str, passphrase: str) -> str:
+    """The key opened with its passphrase, in OpenSSH format without encryption, for a run's ``ssh-agent``.
+
+    The agent holds the key unlocked anyway; opening it here spares ``ssh-add`` its passphrase prompt, whose
+    answering through a terminal depends on the length of the key file's path. Raises :class:`KeyError_` as
+    :func:`load_private_key` does.
+    """
+    load_private_key(text, passphrase)
+    data = normalize_private_key(text).encode("utf-8")
+    loader = (
+        serialization.load_ssh_private_key
+        if b"BEGIN OPENSSH PRIVATE KEY" in data
+        else serialization.load_pem_private_key
+    )
+    key = loader(data, password=passphrase.encode("utf-8"))
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption()
+    ).decode("ascii")
+
+
 _KNOWN_HOSTS_MARKERS = ("@cert-authority", "@revoked")
 
 

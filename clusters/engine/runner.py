@@ -10,7 +10,8 @@ Each run gets a private data directory (``mkdtemp``, mode 0700) under ``settings
 - ``cp/`` (SSH control sockets), ``tmp/`` (Ansible's local temp files), ``artifacts/`` (ansible-runner's).
 
 The SSH private key goes through ansible-runner's ``ssh_key``: a FIFO read once by ``ssh-add`` into a per-run
-``ssh-agent``; its passphrase is answered from ``passwords``. The directory, and any process still using it
+``ssh-agent``; a passphrase-protected key is opened in the worker first (the agent holds it unlocked anyway), so no
+passphrase prompt has to be answered. The directory, and any process still using it
 (SSH control masters, the agent), is removed after every run, whatever its outcome.
 
 The ansible-playbook process gets a minimal environment (no database URL, Django or encryption keys), and
@@ -47,6 +48,7 @@ from inventory.serialization import serialize_extravars, serialize_inventory
 from ..choices import JobStatus
 from ..models import Job
 from ..services.hostkeys import HostTarget, host_keys_check, known_hosts_text, targets_of
+from ..sshkeys import KeyError_, unlocked_private_key
 from .events import FAILURE_EVENTS, EventWriter, QueuedEvent
 from .process import process_start_token
 from .redaction import Redactor
@@ -93,9 +95,6 @@ _ENV_KEEP = frozenset(
     }
 )
 _ENV_KEEP_PREFIXES = ("LC_", "ANSIBLE_", "RUNNER_")
-_PASSPHRASE_PROMPT = r"Enter passphrase for .*:\s*?$"
-# A wrong passphrase is answered with an empty line, which makes ssh-add give up instead of asking forever.
-_BAD_PASSPHRASE_PROMPT = r"Bad passphrase, try again for .*:\s*?$"
 _MAX_ERROR_CHARS = 2000
 
 
@@ -300,6 +299,16 @@ class PlaybookRunner:
         outcome.events = state.events
         return outcome
 
+    def _private_key_text(self) -> str | None:
+        """The key handed to the run's ssh-agent: opened first when it has a passphrase."""
+        if not self.ssh.private_key.strip():
+            return None
+        if self.ssh.passphrase:
+            unlocked = unlocked_private_key(self.ssh.private_key, self.ssh.passphrase)
+            self.redactor.add([unlocked])
+            return unlocked
+        return _with_newline(self.ssh.private_key)
+
     def _run_in(self, private_dir: Path, spec: PlaybookRun, state: _RunState) -> RunOutcome:
         for sub in ("inventory", "env", "cp", "tmp"):
             (private_dir / sub).mkdir(mode=0o700)
@@ -336,8 +345,10 @@ class PlaybookRunner:
             "MAX_EVENT_RES": str(settings.JOB_EVENT_MAX_RESULT_CHARS),
         }
         passwords: dict[str, str] = {}
-        if self.ssh.passphrase:
-            passwords = {_PASSPHRASE_PROMPT: self.ssh.passphrase, _BAD_PASSPHRASE_PROMPT: ""}
+        try:
+            private_key = self._private_key_text()
+        except KeyError_ as exc:
+            return RunOutcome(status="failed", explanation=f"The SSH credential cannot be used: {exc.message}")
         runner_settings: dict[str, Any] = {
             "pexpect_timeout": settings.JOB_PEXPECT_TIMEOUT_SECONDS,
             "pexpect_use_poll": True,
@@ -360,7 +371,7 @@ class PlaybookRunner:
             envvars=envvars,
             passwords=passwords,
             settings=runner_settings,
-            ssh_key=_with_newline(self.ssh.private_key) if self.ssh.private_key.strip() else None,
+            ssh_key=private_key,
             quiet=True,
             suppress_env_files=True,
             fact_cache_type="",

@@ -203,3 +203,19 @@ def test_credential_reports_bad_known_hosts_with_the_key_error():
     with pytest.raises(ValidationError) as info:
         credential.full_clean()
     assert set(info.value.message_dict) == {"private_key", "known_hosts"}
+
+
+def test_an_unlocked_key_is_the_same_key_without_a_passphrase(tmp_path) -> None:
+    import subprocess
+
+    from clusters.sshkeys import unlocked_private_key
+
+    path = tmp_path / "key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", str(path)], check=True)
+    unlocked = unlocked_private_key(path.read_text(), "a passphrase")
+
+    assert load_private_key(unlocked) == load_private_key(path.read_text(), "a passphrase")
+    path.write_text(unlocked)
+    path.chmod(0o600)
+    public = subprocess.run(["ssh-keygen", "-y", "-P", "", "-f", str(path)], capture_output=True, text=True, check=True)
+    assert public.stdout.split()[:2] == (tmp_path / "key.pub").read_text().split()[:2]
