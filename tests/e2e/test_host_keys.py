@@ -4,12 +4,13 @@ starts; once an operator clears the stored key through the API, the job passes a
 
 from __future__ import annotations
 
+from importlib import import_module
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group
+from django.contrib.auth.models import Group, Permission
 from rest_framework.test import APIClient
 
 from clusters.choices import JobKind, JobStatus
@@ -53,10 +54,21 @@ def worker(worker_factory: WorkerFactory, work_dir: Path) -> Any:
     return worker_factory({"JOBS_WORK_DIR": str(work_dir), "JOB_HEARTBEAT_SECONDS": "1"}, concurrency=1)
 
 
+def operators_group() -> Group:
+    """The `operators` group as the migrations define it: a transactional test before this one may have flushed the
+    database, which recreates permissions but not the groups that data migrations created."""
+    codenames: set[str] = set()
+    for module in ("0002_default_groups", "0004_host_key_permissions"):
+        codenames |= set(import_module(f"clusters.migrations.{module}").GROUP_PERMISSIONS["operators"])
+    group, _ = Group.objects.get_or_create(name="operators")
+    group.permissions.add(*Permission.objects.filter(content_type__app_label="clusters", codename__in=codenames))
+    return group
+
+
 @pytest.fixture
 def operator_api(transactional_db: None) -> APIClient:
     user = get_user_model().objects.create_user(username="olivia", password="pw-olivia")
-    user.groups.add(Group.objects.get(name="operators"))
+    user.groups.add(operators_group())
     client = APIClient()
     client.credentials(HTTP_AUTHORIZATION=f"Token {api_token_create(user=user, name='e2e')[1]}")
     return client
