@@ -405,6 +405,12 @@ class PlaybookRunner:
                 outcome.explanation = f"Timed out: no output for {_seconds(spec.idle_timeout or 0)}."
         elif status == "failed":
             outcome.explanation = _failure_summary(spec.playbook, rc, state.host_errors)
+            try:
+                full = shutil.disk_usage(private_dir).free < 1 << 20
+            except OSError:
+                full = False
+            if full:
+                outcome.explanation += f" No space left on device: the job folder {private_dir.parent} is full."
         if spec.fetch_kubeconfig and status == "successful":
             if kubeconfig_path.is_file():
                 outcome.kubeconfig = kubeconfig_path.read_text(encoding="utf-8")
@@ -503,7 +509,8 @@ class _RunState:
                 self.stats[key] = {self.redactor.text(str(host)): int(count or 0) for host, count in value.items()}
         # A host whose failure was rescued, and which then went on to the end, did not fail.
         ended_badly = {host for key in ("failures", "dark") for host, count in self.stats.get(key, {}).items() if count}
-        for host in [host for host in self.host_errors if host not in ended_badly]:
+        rescued = {host for host, count in self.stats.get("rescued", {}).items() if count}
+        for host in [host for host in self.host_errors if host in rescued and host not in ended_badly]:
             del self.host_errors[host]
         artifact = data.get("artifact_data")
         if isinstance(artifact, dict):
