@@ -84,12 +84,12 @@ class Heartbeat:
                     self.failures += 1
                     logger.warning("job %s: heartbeat failed", self.job_id, exc_info=self.failures == 1)
                     close_old_connections()
-                    _drop_broken_connection()
+                    drop_broken_connection()
         finally:
             connection.close()
 
 
-def _drop_broken_connection() -> None:
+def drop_broken_connection() -> None:
     try:
         if connection.connection is not None and not connection.is_usable():
             connection.close()

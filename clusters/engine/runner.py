@@ -50,6 +50,7 @@ from ..models import Job
 from ..services.hostkeys import HostTarget, host_keys_check, known_hosts_text, targets_of
 from ..sshkeys import KeyError_, unlocked_private_key
 from .events import FAILURE_EVENTS, EventWriter, QueuedEvent
+from .heartbeat import drop_broken_connection as _drop_broken_connection
 from .process import process_start_token
 from .redaction import Redactor
 
@@ -650,17 +651,6 @@ def _drain_fifo(path: str) -> None:
         os.unlink(path)
     except OSError:
         pass
-
-
-def _drop_broken_connection() -> None:
-    """Close this thread's database connection if it broke (the server restarted), so the next query reconnects."""
-    from django.db import connection
-
-    try:
-        if connection.connection is not None and not connection.is_usable():
-            connection.close()
-    except Exception:  # noqa: BLE001
-        connection.close()
 
 
 def kill_process_group(pid: int) -> bool:
