@@ -74,6 +74,13 @@ class JobKind(models.TextChoices):
     FETCH_KUBECONFIG = "fetch_kubeconfig", "Fetch kubeconfig"
     HEALTH = "health", "Health check"
     ADOPT = "adopt", "Adopt an imported cluster"
+    HEALTH_SYNC = "health_sync", "Health sync (scheduled)"
+    CERT_ROTATE = "cert_rotate", "Rotate certificates"
+    NODE_LABELS = "node_labels", "Apply node labels and taints"
+    ETCD_SNAPSHOT = "etcd_snapshot", "Take an etcd snapshot"
+    ETCD_SNAPSHOT_LIST = "etcd_snapshot_list", "List etcd snapshots"
+    ETCD_SNAPSHOT_PRUNE = "etcd_snapshot_prune", "Delete etcd snapshots"
+    ETCD_RESTORE = "etcd_restore", "Restore etcd from a snapshot"
 
 
 class JobStatus(models.TextChoices):
@@ -93,3 +100,10 @@ class WebhookDeliveryStatus(models.TextChoices):
     RETRYING = "retrying", "Retrying"
     DELIVERED = "delivered", "Delivered"
     FAILED = "failed", "Failed"
+
+
+class EtcdSnapshotKind(models.TextChoices):
+    ON_DEMAND = "on-demand", "On demand"
+    SCHEDULED = "scheduled", "Scheduled"
+    PRE_UPGRADE = "pre-upgrade", "Before an upgrade"
+    PRE_REMOVAL = "pre-removal", "Before a server is removed"

@@ -163,6 +163,15 @@ class Cluster(models.Model):
         editable=False,
         help_text="What the last adopt job found on each node (version, install method, data-dir, kept keys).",
     )
+    health_checked_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When a health check or sync last read the nodes."
+    )
+    health_summary = models.CharField(
+        max_length=1000,
+        blank=True,
+        editable=False,
+        help_text="What the last health check found: nodes Ready, or the NotReady nodes and version drift.",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -317,6 +326,15 @@ class Node(models.Model):
         default="",
         editable=False,
         help_text="Keys of the node's config.yaml the portal does not manage, kept on every render (JSON). Encrypted.",
+    )
+    k8s_ready = models.BooleanField(
+        "Ready", null=True, blank=True, editable=False, help_text="The node's Ready condition at the last health check."
+    )
+    kubelet_version = models.CharField(
+        max_length=64, blank=True, editable=False, help_text="The kubelet version the node reported."
+    )
+    last_seen_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="The node's last heartbeat to Kubernetes that was seen."
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
