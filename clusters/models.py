@@ -19,6 +19,7 @@ from .choices import (
     SERVER_ROLES,
     ClusterStatus,
     Cni,
+    EtcdSnapshotKind,
     InstallationStage,
     JobKind,
     JobStatus,
@@ -171,6 +172,21 @@ class Cluster(models.Model):
         blank=True,
         editable=False,
         help_text="What the last health check found: nodes Ready, or the NotReady nodes and version drift.",
+    )
+    etcd_snapshot_interval_minutes = models.PositiveIntegerField(
+        "etcd snapshot interval (minutes)",
+        default=0,
+        validators=[MaxValueValidator(60 * 24 * 31)],
+        help_text="Take a scheduled etcd snapshot on every server this often; 0: no scheduled snapshots.",
+    )
+    etcd_snapshot_retention = models.PositiveIntegerField(
+        "scheduled etcd snapshots kept",
+        default=5,
+        validators=[MaxValueValidator(1000)],
+        help_text="How many scheduled snapshots each server keeps (older ones are pruned after each one); 0: all.",
+    )
+    etcd_snapshot_last_scheduled_at = models.DateTimeField(
+        null=True, blank=True, editable=False, help_text="When the last scheduled snapshot job was requested."
     )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
@@ -564,6 +580,38 @@ class JobHostSummary(models.Model):
         return bool(self.failures or self.dark)
 
 
+class EtcdSnapshot(models.Model):
+    """An etcd snapshot file on one server of a cluster, as the last snapshot job listed it there."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="etcd_snapshots")
+    node = models.ForeignKey(
+        Node, on_delete=models.SET_NULL, null=True, blank=True, related_name="etcd_snapshots", editable=False
+    )
+    node_name = models.CharField(max_length=255, help_text="The server holding the file (its inventory name).")
+    name = models.CharField(max_length=255)
+    path = models.CharField(max_length=1024)
+    size = models.BigIntegerField(default=0, help_text="Bytes.")
+    created = models.DateTimeField(null=True, blank=True, help_text="When RKE2 wrote the snapshot.")
+    kind = models.CharField(max_length=20, choices=EtcdSnapshotKind.choices, default=EtcdSnapshotKind.ON_DEMAND)
+    job = models.ForeignKey(
+        "Job", on_delete=models.SET_NULL, null=True, blank=True, related_name="etcd_snapshots", editable=False
+    )
+    listed_at = models.DateTimeField(auto_now=True, help_text="When a job last saw the file.")
+
+    class Meta:
+        ordering = ["-created", "node_name", "name"]
+        verbose_name = "etcd snapshot"
+        permissions = [("restore_etcdsnapshot", "Can restore a cluster's etcd from a snapshot")]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster", "node_name", "name"], name="%(app_label)s_%(class)s_unique_name_per_server"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} on {self.node_name}"
+
+
 class AuditLog(models.Model):
     """Who did what to which cluster: job requests, cancels, kubeconfig downloads, credential changes."""
 
@@ -748,3 +796,110 @@ class WebhookDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} of job #{self.job_id} to {self.webhook_id} ({self.status})"
+
+
+class Registry(models.Model):
+    """A container registry the nodes of a cluster pull through: its mirror endpoints and its credentials and TLS
+    settings, rendered to RKE2's ``/etc/rancher/rke2/registries.yaml`` (see ``clusters.registries``).
+
+    ``password``, ``auth`` and ``identity_token`` are stored encrypted and never shown again."""
+
+    cluster = models.ForeignKey(Cluster, on_delete=models.CASCADE, related_name="registries")
+    name = models.CharField(
+        "registry",
+        max_length=260,
+        help_text="Registry host as images name it (docker.io, registry.example.com:5000), or * for every registry.",
+    )
+    endpoints = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="Mirror endpoints (http:// or https:// URLs), tried in order. Empty: no mirror, only the "
+        "credentials and TLS settings below.",
+    )
+    rewrite = models.JSONField(
+        default=dict, blank=True, help_text="Image path rewrites for the mirror: regular expression to replacement."
+    )
+    username = models.CharField(max_length=255, blank=True)
+    password = EncryptedTextField(blank=True, default="", help_text="Stored encrypted; never shown again.")
+    auth = EncryptedTextField(
+        blank=True, default="", help_text="base64 of username:password, instead of both. Stored encrypted."
+    )
+    identity_token = EncryptedTextField(
+        blank=True, default="", help_text="OAuth identity (refresh) token, instead of a password. Stored encrypted."
+    )
+    ca_file = models.CharField("CA file", max_length=1024, blank=True, help_text="Path on the nodes.")
+    cert_file = models.CharField("client certificate file", max_length=1024, blank=True, help_text="Path on the nodes.")
+    key_file = models.CharField("client key file", max_length=1024, blank=True, help_text="Path on the nodes.")
+    insecure_skip_verify = models.BooleanField(
+        default=False, help_text="Do not verify the registry's TLS certificate (avoid outside tests)."
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["cluster", "name"]
+        verbose_name_plural = "registries"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["cluster", "name"],
+                name="%(app_label)s_%(class)s_unique_per_cluster",
+                violation_error_message="This cluster has a registry of this name already.",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __repr__(self) -> str:
+        return f"<Registry {self.pk}: {self.name}>"
+
+    def clean(self) -> None:
+        from . import registries
+
+        super().clean()
+        errors: dict[str, list[str]] = {}
+
+        def error(field: str, message: str) -> None:
+            errors.setdefault(field, []).append(message)
+
+        if problem := registries.registry_name_problem(self.name or ""):
+            error("name", problem)
+        if not isinstance(self.endpoints, list) or not all(isinstance(item, str) for item in self.endpoints):
+            error("endpoints", "Enter a list of http:// or https:// URLs.")
+        else:
+            for url in self.endpoints:
+                if problem := registries.endpoint_problem(url):
+                    error("endpoints", problem)
+            if len(set(self.endpoints)) != len(self.endpoints):
+                error("endpoints", "Each endpoint once.")
+        for problem in registries.rewrite_problems(self.rewrite if self.rewrite is not None else {}):
+            error("rewrite", problem)
+        if self.rewrite and not self.endpoints:
+            error("rewrite", "Rewrites apply to a mirror: add its endpoints.")
+        for field in ("ca_file", "cert_file", "key_file"):
+            if problem := registries.file_path_problem(getattr(self, field) or ""):
+                error(field, problem)
+        if bool(self.cert_file) != bool(self.key_file):
+            error("key_file" if self.cert_file else "cert_file", "A client certificate needs its key, and back.")
+        if problem := registries.plain_value_problem(self.username or ""):
+            error("username", problem)
+        elif self.username and (":" in self.username or any(char.isspace() for char in self.username)):
+            error("username", "A user name has no ':' and no spaces.")
+        password, auth, identity = (reveal(self.password), reveal(self.auth), reveal(self.identity_token))
+        kinds = [
+            name for name, value in (("password", password), ("auth", auth), ("identity_token", identity)) if value
+        ]
+        if len(kinds) > 1:
+            error(kinds[1], "Give one kind of credential: a user name and password, auth, or an identity token.")
+        if password and not self.username:
+            error("username", "A password needs its user name.")
+        if self.username and not password and not identity:
+            error("password", "Enter the password of this user name.")
+        if auth and self.username:
+            error("auth", "auth holds the user name already: leave the user name empty.")
+        if not (
+            self.endpoints or kinds or self.username or self.ca_file or self.cert_file or self.insecure_skip_verify
+        ):
+            error("endpoints", "Give the registry a mirror endpoint, credentials or TLS settings.")
+        if errors:
+            raise ValidationError(errors)
