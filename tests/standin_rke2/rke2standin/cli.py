@@ -17,7 +17,7 @@ USAGE:
 COMMANDS:
    server         Run management server
    agent          Run node agent
-   etcd-snapshot  Manage etcd snapshots (save, list)
+   etcd-snapshot  Manage etcd snapshots (save, list, prune, delete)
 
 GLOBAL OPTIONS:
    --debug            (logging) Turn on debug logs
@@ -129,41 +129,124 @@ def main(argv=None):
     return 3
 
 
+SNAPSHOT_SUBCOMMANDS = ("save", "list", "ls", "prune", "delete", "rm")
+
+
 def etcd_snapshot(args):
-    """``rke2 etcd-snapshot [save] [--name NAME] [--data-dir DIR]`` / ``... list`` through the real etcdctl."""
+    """``rke2 etcd-snapshot [save|list|prune|delete]`` on the local etcd member, through the real etcdctl.
+
+    - ``save [--name NAME]`` writes ``<snapshot-dir>/<NAME>-<node>-<unix time>`` (NAME defaults to ``on-demand``);
+    - ``list`` prints RKE2's table: ``Name  Location  Size  Created`` (location as a ``file://`` URL);
+    - ``prune --snapshot-retention N [--name NAME]`` keeps the N newest snapshots whose name starts with NAME
+      (default ``on-demand``) and deletes the older ones;
+    - ``delete NAME...`` deletes the named snapshots.
+    The snapshot folder is ``--etcd-snapshot-dir`` / config.yaml ``etcd-snapshot-dir``, else
+    ``<data-dir>/server/db/snapshots``."""
     sub = args[0] if args and not args[0].startswith("-") else "save"
-    opts = args[1:] if args and not args[0].startswith("-") else args
-    name = "on-demand"
-    data_dir = None
-    config_path = config.CONFIG_FILE
-    for i, opt in enumerate(opts):
-        key, sep, value = opt.lstrip("-").partition("=")
-        if not sep and i + 1 < len(opts):
-            value = opts[i + 1]
-        if key == "name":
-            name = value
-        elif key in ("data-dir", "d"):
-            data_dir = value
-        elif key in ("config", "c"):
-            config_path = value
-    if data_dir is None:
-        try:
-            data_dir = config.load("server", config_path, quiet=True).get("data-dir")
-        except (config.ConfigError, OSError) as exc:
-            log.fatal(str(exc))
-    paths = node.Paths(data_dir)
-    tls = paths.etcd_tls
-    os.makedirs(paths.snapshots, mode=0o700, exist_ok=True)
-    if sub == "list":
-        for entry in sorted(os.listdir(paths.snapshots)):
-            full = os.path.join(paths.snapshots, entry)
-            sys.stdout.write("%s\t%s\t%d\n" % (entry, full, os.path.getsize(full)))
-        return 0
-    if sub != "save":
+    rest = args[1:] if args and not args[0].startswith("-") else args
+    if sub not in SNAPSHOT_SUBCOMMANDS:
         sys.stderr.write("unknown etcd-snapshot subcommand %r\n" % sub)
         return 1
-    node_name = os.uname().nodename
-    target = os.path.join(paths.snapshots, "%s-%s-%d" % (name, node_name, int(time.time())))
+    name = None
+    retention = None
+    data_dir = None
+    snapshot_dir = None
+    config_path = config.CONFIG_FILE
+    positional = []
+    i = 0
+    while i < len(rest):
+        opt = rest[i]
+        if not opt.startswith("-"):
+            positional.append(opt)
+            i += 1
+            continue
+        key, sep, value = opt.lstrip("-").partition("=")
+        if not sep:
+            i += 1
+            value = rest[i] if i < len(rest) else ""
+        if key == "name":
+            name = value
+        elif key == "snapshot-retention":
+            retention = value
+        elif key in ("data-dir", "d"):
+            data_dir = value
+        elif key == "etcd-snapshot-dir":
+            snapshot_dir = value
+        elif key in ("config", "c"):
+            config_path = value
+        i += 1
+    try:
+        cfg = config.load("server", config_path, quiet=True)
+    except (config.ConfigError, OSError) as exc:
+        log.fatal(str(exc))
+    if data_dir is None:
+        data_dir = cfg.get("data-dir")
+    paths = node.Paths(data_dir)
+    folder = snapshot_dir or cfg.get("etcd-snapshot-dir") or paths.snapshots
+    os.makedirs(folder, mode=0o700, exist_ok=True)
+    if sub in ("list", "ls"):
+        return _snapshot_list(folder)
+    if sub == "prune":
+        try:
+            keep = int(retention if retention is not None else "5")
+        except ValueError:
+            log.fatal("invalid value %r for flag --snapshot-retention" % retention)
+        return _snapshot_prune(folder, name or "on-demand", keep)
+    if sub in ("delete", "rm"):
+        if not positional:
+            log.fatal("no snapshots given for removal")
+        return _snapshot_delete(folder, positional)
+    node_name = (cfg.get("node-name") or os.uname().nodename).strip().lower()
+    return _snapshot_save(paths, folder, name or "on-demand", node_name)
+
+
+def _snapshots(folder):
+    """[(name, path, size, mtime)] of the snapshot files, oldest first."""
+    found = []
+    for entry in os.listdir(folder):
+        full = os.path.join(folder, entry)
+        if os.path.isfile(full) and not entry.startswith("."):
+            stat = os.stat(full)
+            found.append((entry, full, stat.st_size, stat.st_mtime))
+    return sorted(found, key=lambda item: (item[3], item[0]))
+
+
+def _snapshot_list(folder):
+    rows = [("Name", "Location", "Size", "Created")]
+    for entry, full, size, mtime in _snapshots(folder):
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(mtime))
+        rows.append((entry, "file://" + full, str(size), created))
+    widths = [max(len(row[col]) for row in rows) for col in range(4)]
+    for row in rows:
+        sys.stdout.write(" ".join(value.ljust(widths[col]) for col, value in enumerate(row)).rstrip() + "\n")
+    return 0
+
+
+def _snapshot_prune(folder, prefix, keep):
+    matching = [item for item in _snapshots(folder) if item[0].startswith(prefix + "-")]
+    doomed = matching[: max(len(matching) - keep, 0)] if keep > 0 else []
+    for _entry, full, _, _ in doomed:
+        os.remove(full)
+        log.info("Removing local snapshot %s" % full)
+    log.info("Pruned etcd snapshots", prefix=prefix, kept=len(matching) - len(doomed), removed=len(doomed))
+    return 0
+
+
+def _snapshot_delete(folder, names):
+    known = {entry: full for entry, full, _, _ in _snapshots(folder)}
+    for wanted in names:
+        full = known.get(os.path.basename(wanted))
+        if full is None:
+            log.warning("Snapshot %s not found" % wanted)
+            continue
+        os.remove(full)
+        log.info("Removing local snapshot %s" % full)
+    return 0
+
+
+def _snapshot_save(paths, folder, name, node_name):
+    tls = paths.etcd_tls
+    target = os.path.join(folder, "%s-%s-%d" % (name, node_name, int(time.time())))
     env = dict(os.environ, ETCDCTL_API="3")
     proc = subprocess.run(
         [

@@ -8,6 +8,7 @@ import secrets
 import shutil
 import signal
 import socket
+import subprocess
 import time
 
 from . import apiserver, config, etcd, httputil, log, node, pki, supervisor, yamlutil
@@ -342,6 +343,65 @@ class Server:
                 "bootstrap data already found and encrypted with different token"
             )
 
+    # --- cluster reset / restore -----------------------------------------------------------------------
+    def cluster_reset(self, restore_path):
+        """``rke2 server --cluster-reset [--cluster-reset-restore-path=FILE]``: make this node's etcd a cluster of
+        one member, from its own data or from a snapshot (``etcdctl snapshot restore``: the data directory is
+        replaced by the snapshot's content and the membership by this member alone), check the bootstrap data
+        against the token, then exit: the service is started normally afterwards and the other servers join again
+        with their etcd data removed."""
+        if self.etcd_proc.running_pid():
+            log.fatal("etcd is running on this node: stop rke2-server and run rke2-killall.sh before a cluster reset")
+        missing = [rel for rel in CA_FILES if not os.path.exists(self.tls(rel))]
+        if missing:
+            log.fatal("cluster reset needs the server's certificates; missing: %s" % ", ".join(missing))
+        member = self.member_name()
+        self.issue_etcd_certs()
+        if restore_path:
+            if not os.path.isfile(restore_path):
+                log.fatal("failed to restore etcd snapshot: snapshot file %s does not exist" % restore_path)
+            log.info("Pre-restore etcd database moved aside; restoring snapshot", path=restore_path)
+            if os.path.isdir(self.paths.etcd_data):
+                os.rename(self.paths.etcd_data, "%s-old-%d" % (self.paths.etcd_data, int(time.time())))
+            proc = subprocess.run(
+                [
+                    "etcdctl",
+                    "snapshot",
+                    "restore",
+                    restore_path,
+                    "--data-dir=%s" % self.paths.etcd_data,
+                    "--name=%s" % member,
+                    "--initial-cluster=%s=%s" % (member, self.peer_url),
+                    "--initial-advertise-peer-urls=%s" % self.peer_url,
+                ],
+                env=dict(etcd.child_environment(), ETCDCTL_API="3"),
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if proc.returncode != 0:
+                log.fatal("failed to restore etcd snapshot %s: %s" % (restore_path, proc.stderr.strip()[-500:]))
+            os.chmod(self.paths.etcd_data, 0o700)
+            self.etcd_proc.start(self.etcd_args())
+        else:
+            if not os.path.isdir(os.path.join(self.paths.etcd_data, "member")):
+                log.fatal("cluster reset: no etcd data on this node (%s)" % self.paths.etcd_data)
+            self.etcd_proc.start([*self.etcd_args(), "--force-new-cluster"])
+        try:
+            client = self.etcd_client()
+            self.wait_etcd(client)
+            members = client.members()
+            log.info("etcd cluster membership reset", members=",".join(m["name"] for m in members))
+            token = node.Token(self.cfg.get("token"), "server")
+            secret = token.password if token.raw else node.Token(_read(self.paths.token), "server").password
+            self.reconcile_bootstrap_key(client, secret)
+        finally:
+            self.etcd_proc.stop()
+        log.info(
+            "Managed etcd cluster membership has been reset, restart without --cluster-reset flag now. Backup and "
+            "delete ${datadir}/server/db on each peer etcd server and rejoin the nodes"
+        )
+
     # --- serving --------------------------------------------------------------------------------------
     def issue_serving_certs(self):
         domain = self.cfg.get("cluster-domain") or "cluster.local"
@@ -491,6 +551,9 @@ class Server:
             self.paths.agent,
         ):
             node.makedirs(directory, 0o700 if directory != self.paths.logs("server") else 0o755)
+        if self.cfg.get("cluster-reset"):
+            self.cluster_reset(self.cfg.get("cluster-reset-restore-path") or "")
+            raise SystemExit(0)
         self.images = node.image_archives(self.paths)
         existing = os.path.isdir(os.path.join(self.paths.etcd_data, "member"))
         if existing:
