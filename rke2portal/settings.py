@@ -208,6 +208,11 @@ JOB_DISPATCH_GRACE_SECONDS = env.int("JOB_DISPATCH_GRACE_SECONDS", default=300)
 # How often a running job looks for a cancel request, and how long ansible-runner waits per output poll.
 JOB_CANCEL_POLL_SECONDS = env.float("JOB_CANCEL_POLL_SECONDS", default=1.0)
 JOB_PEXPECT_TIMEOUT_SECONDS = env.float("JOB_PEXPECT_TIMEOUT_SECONDS", default=1.0)
+# SSH of playbook runs: connection set-up limit, and keepalives (a host answering none of COUNT sent every SECONDS
+# is unreachable: a cut link fails the stage in about SECONDS * COUNT instead of hanging until TCP gives up).
+JOB_SSH_CONNECT_TIMEOUT_SECONDS = env.int("JOB_SSH_CONNECT_TIMEOUT_SECONDS", default=30)
+JOB_SSH_KEEPALIVE_SECONDS = env.int("JOB_SSH_KEEPALIVE_SECONDS", default=15)
+JOB_SSH_KEEPALIVE_COUNT = env.int("JOB_SSH_KEEPALIVE_COUNT", default=4)
 # Event ingestion: events are written in batches of up to JOB_EVENT_BATCH_SIZE, at least every
 # JOB_EVENT_FLUSH_SECONDS; at most JOB_EVENT_QUEUE_SIZE events wait in memory.
 JOB_EVENT_BATCH_SIZE = env.int("JOB_EVENT_BATCH_SIZE", default=200)

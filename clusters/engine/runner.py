@@ -97,6 +97,13 @@ _ENV_KEEP = frozenset(
 )
 _ENV_KEEP_PREFIXES = ("LC_", "ANSIBLE_", "RUNNER_")
 _MAX_ERROR_CHARS = 2000
+# SSH liveness. A host whose link goes down mid-task sends nothing, not even a reset: without keepalives the SSH
+# connection (and the control master every task of the host shares) waits for TCP to give up, a quarter of an hour,
+# and the stage with it. sshd answers keepalives whatever the remote task is doing, so a long silent task is not
+# affected; a host that answers none for INTERVAL * COUNT seconds is reported unreachable.
+SSH_CONNECT_TIMEOUT_SECONDS = 30
+SSH_SERVER_ALIVE_INTERVAL_SECONDS = 15
+SSH_SERVER_ALIVE_COUNT_MAX = 4
 
 
 @dataclass(frozen=True)
@@ -331,8 +338,11 @@ class PlaybookRunner:
             "ANSIBLE_SSH_CONTROL_PATH_DIR": str(private_dir / "cp"),
             "ANSIBLE_LOCAL_TEMP": str(private_dir / "tmp"),
             "ANSIBLE_HOST_KEY_CHECKING": "True",
+            # ssh's ConnectTimeout: how long a new connection (or the control master's) may take to be set up.
+            "ANSIBLE_TIMEOUT": str(_setting("JOB_SSH_CONNECT_TIMEOUT_SECONDS", SSH_CONNECT_TIMEOUT_SECONDS)),
             "ANSIBLE_SSH_COMMON_ARGS": " ".join(
                 [
+                    *ssh_liveness_options(),
                     "-o",
                     shlex.quote(f"UserKnownHostsFile={known_hosts_path}"),
                     "-o",
@@ -558,6 +568,18 @@ def _failure_summary(playbook: str, rc: int | None, host_errors: Mapping[str, st
         first = next(iter(host_errors.items()))
         return f"{playbook} failed on {hosts}. {first[0]}: {first[1]}"[:_MAX_ERROR_CHARS]
     return f"{playbook} failed (exit code {rc})."
+
+
+def _setting(name: str, default: int) -> int:
+    value = getattr(settings, name, None)
+    return max(1, int(value)) if value else default
+
+
+def ssh_liveness_options() -> list[str]:
+    """ssh options that end a connection to a host that stopped answering (see SSH_SERVER_ALIVE_*), as argv."""
+    interval = _setting("JOB_SSH_KEEPALIVE_SECONDS", SSH_SERVER_ALIVE_INTERVAL_SECONDS)
+    count = _setting("JOB_SSH_KEEPALIVE_COUNT", SSH_SERVER_ALIVE_COUNT_MAX)
+    return ["-o", f"ServerAliveInterval={interval}", "-o", f"ServerAliveCountMax={count}"]
 
 
 def _seconds(value: float) -> str:
