@@ -4,8 +4,9 @@ The variable names are the contract with the playbooks and the config templates 
 
 Cluster variables: ``rke2_cluster_name``, ``rke2_version``, ``rke2_registration_address``, ``rke2_server_url``,
 ``rke2_api_host``, ``rke2_cni``, ``rke2_cluster_cidr``, ``rke2_service_cidr``, ``rke2_cluster_dns``,
-``rke2_cluster_domain``, ``rke2_tls_san`` and the secret ``rke2_token`` (a :class:`~clusters.fields.Secret`; it
-never goes into an inventory, see :data:`SECRET_VARS`).
+``rke2_cluster_domain``, ``rke2_tls_san`` and the secrets ``rke2_token`` (a :class:`~clusters.fields.Secret`)
+and ``rke2_registries`` (the ``registries.yaml`` document, credentials as Secrets); they never go into an
+inventory, see :data:`SECRET_VARS`.
 
 Host variables: ``ansible_host``, ``ansible_port``, ``ansible_user``, ``ansible_become`` (the last three only when
 the cluster has an SSH credential), ``rke2_role``, ``rke2_type``, ``rke2_node_name``, ``rke2_node_ip``,
@@ -36,7 +37,8 @@ from typing import Any
 
 from clusters.choices import LIVE_NODE_STATUSES, SERVER_ROLES, NodeRole, NodeStatus
 from clusters.fields import Secret, reveal
-from clusters.models import Cluster, Node, SSHCredential
+from clusters.models import Cluster, Node, Registry, SSHCredential
+from clusters.registries import registries_document
 
 __all__ = [
     "DEFAULT_AGENT_CONFIG",
@@ -54,7 +56,7 @@ __all__ = [
 SUPERVISOR_PORT = 9345
 
 # Variables that hold secrets: never written into an inventory; the job engine passes them in a 0600 extravars file.
-SECRET_VARS = frozenset({"rke2_token"})
+SECRET_VARS = frozenset({"rke2_token", "rke2_registries"})
 
 DEFAULT_SERVER_CONFIG: Mapping[str, Any] = {"write-kubeconfig-mode": "0600"}
 DEFAULT_AGENT_CONFIG: Mapping[str, Any] = {}
@@ -202,7 +204,8 @@ def pick_api_host(candidates: Iterable[Node], *, require_active: bool = False) -
 
 @dataclass
 class ClusterSnapshot:
-    """A cluster with its nodes and SSH credential, read once (two queries), so that rendering is pure Python.
+    """A cluster with its nodes, SSH credential and registries, read once (three queries), so that rendering is
+    pure Python.
 
     ``nodes`` holds every node that is not removed (live and draining), in inventory order (the order they were
     added in), with only the fields rendering reads (:data:`RENDER_FIELDS`; others load on access, one query each).
@@ -224,7 +227,8 @@ class ClusterSnapshot:
         )
         for node in nodes:
             Node.cluster.field.set_cached_value(node, cluster)  # no query per node for node.cluster
-        return cls(cluster=cluster, nodes=nodes, credential=load_credential(cluster))
+        registries = list(Registry.objects.filter(cluster_id=cluster.pk).order_by("name"))
+        return cls(cluster=cluster, nodes=nodes, credential=load_credential(cluster), registries=registries)
 
     @cached_property
     def live_nodes(self) -> list[Node]:
@@ -234,6 +238,7 @@ class ClusterSnapshot:
     def live_servers(self) -> list[Node]:
         return [node for node in self.live_nodes if node.role in _SERVERS]
 
+    registries: list[Registry] | None = field(default=None, repr=False)
     def registration_address(self) -> str:
         """The fixed registration address, or the internal IP of the initial master (of the best remaining server
         when the initial master is gone or leaving)."""
@@ -299,6 +304,8 @@ def load_credential(cluster: Cluster) -> SSHCredential | None:
 
 def extra_config(node: Node, cluster: Cluster) -> dict[str, Any]:
     """``rke2_extra_config`` of a node: defaults < cluster_vars < node_vars, without managed keys (and without
+                # The registries.yaml document, credentials as Secrets: a secret variable, like the token.
+                "rke2_registries": registries_document(self.registries or ()),
     server-only keys on agents)."""
     is_server = node.role in _SERVERS
     merged: dict[str, Any] = dict(DEFAULT_SERVER_CONFIG if is_server else DEFAULT_AGENT_CONFIG)
@@ -360,7 +367,7 @@ class VariableRenderer:
         ``reveal()`` it to use it). Separate it with :func:`split_secrets` before writing anything.
 
         ``rke2_api_host`` here is the cluster's preferred API host; an inventory may choose another one (for
-        example when that server is being removed). Two queries, or none with a ``snapshot``."""
+        example when that server is being removed). Three queries, or none with a ``snapshot``."""
         return (snapshot or ClusterSnapshot.load(cluster)).cluster_vars()
 
     @staticmethod
@@ -372,9 +379,10 @@ class VariableRenderer:
         return node_vars(node, cluster=cluster, credential=load_credential(cluster))
 
     @staticmethod
-    def render_secret_vars(cluster: Cluster) -> dict[str, Secret]:
-        """Only the secret variables (``rke2_token``). No query."""
-        return {"rke2_token": Secret(reveal(cluster.token))}
+    def render_secret_vars(cluster: Cluster) -> dict[str, Any]:
+        """Only the secret variables (``rke2_token``, ``rke2_registries``). One query (the registries)."""
+        registries = Registry.objects.filter(cluster_id=cluster.pk).order_by("name")
+        return {"rke2_token": Secret(reveal(cluster.token)), "rke2_registries": registries_document(registries)}
 
 
 def ordered_subset(

@@ -384,6 +384,7 @@ class ClusterOperationsMixin:
             "Inventories and node configs",
             stages=stages,
             configs=sorted(preview.configs.items()) if preview is not None else [],
+            registries=preview.registries if preview is not None else "",
         )
 
     def kubeconfig_view(self, request: HttpRequest, object_id: str) -> HttpResponse:

@@ -603,6 +603,9 @@ class ClusterPreviewOutput(serializers.Serializer):
     stage_hosts = serializers.DictField(
         child=serializers.ListField(child=serializers.CharField()), help_text="Hosts each stage acts on, in order."
     )
+    registries = serializers.CharField(
+        help_text="/etc/rancher/rke2/registries.yaml of every node; credentials are masked. Empty: no registry."
+    )
 
 
 @extend_schema_serializer(component_name="NodeConfigPreview")

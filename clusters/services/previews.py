@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
 
+from inventory.registries import render_registries
 from inventory.renderers import STAGES, ClusterSnapshot, InventoryRenderer, render_node_config
 
 from ..models import Cluster
@@ -23,21 +24,23 @@ _STAGE_GROUPS = ("initial_master", "joining_masters", "workers")
 class ClusterPreview:
     """Inventories by stage (readable YAML, no secrets) and configs by host name (token masked).
 
-    ``stage_hosts`` lists, for each stage, the hosts it acts on (its stage group), in order."""
+    ``stage_hosts`` lists, for each stage, the hosts it acts on (its stage group), in order. ``registries`` is the
+    ``/etc/rancher/rke2/registries.yaml`` every node gets (credentials masked; empty: no registry, no file)."""
 
     inventories: dict[str, str] = field(default_factory=dict)
     configs: dict[str, str] = field(default_factory=dict)
     stage_hosts: dict[str, list[str]] = field(default_factory=dict)
+    registries: str = ""
 
 
 def cluster_previews(cluster: Cluster, stage: str | None = None) -> ClusterPreview:
     """Preview every install stage (or only ``stage``): its inventory, and the config of every node it acts on.
 
-    Two queries whatever the cluster size. An unknown stage raises ``ValidationError`` keyed ``stage``."""
+    Three queries whatever the cluster size. An unknown stage raises ``ValidationError`` keyed ``stage``."""
     if stage is not None and stage not in STAGES:
         raise ValidationError({"stage": [f"Unknown stage {stage!r}; expected one of {', '.join(STAGES)}."]})
     snapshot = ClusterSnapshot.load(cluster)
-    preview = ClusterPreview()
+    preview = ClusterPreview(registries=render_registries(snapshot))
     acting: set[str] = set()
     for name in STAGES if stage is None else (stage,):
         rendered = InventoryRenderer.render_for_stage(cluster, name, snapshot=snapshot)

@@ -54,7 +54,7 @@ def test_token_is_marked_secret_and_split_off(make_cluster):
     assert str(token) == MASK and reveal(token) not in repr(variables)
     public, secret = split_secrets(variables)
     assert "rke2_token" not in public and set(secret) == {"rke2_token"}
-    assert VariableRenderer.render_secret_vars(cluster) == {"rke2_token": reveal(cluster.token)}
+    assert VariableRenderer.render_secret_vars(cluster) == {"rke2_token": reveal(cluster.token), "rke2_registries": {}}
 
 
 def test_registration_address_defaults_to_the_initial_masters_internal_ip(make_cluster):
@@ -234,7 +234,7 @@ def test_server_only_keys(key, server_only):
 
 def test_snapshot_reads_twice_and_renders_without_queries(make_cluster, django_assert_num_queries):
     cluster = make_cluster()
-    with django_assert_num_queries(2):
+    with django_assert_num_queries(3):  # nodes, credential, registries
         snapshot = ClusterSnapshot.load(cluster)
     with django_assert_num_queries(0):
         VariableRenderer.render_cluster_vars(cluster, snapshot=snapshot)
