@@ -22,7 +22,6 @@ import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -43,7 +42,7 @@ from ..choices import (
 from ..exceptions import ApplicationError
 from ..fields import reveal
 from ..models import Cluster, Job, JobHostSummary, Node
-from ..services import adoption
+from ..services import adoption, artifacts
 from . import state
 from .events import EventWriter
 from .redaction import Redactor
@@ -292,7 +291,7 @@ class StageOrchestrator:
             "rke2_unsafe_show_logs": False,
         }
         if settings.RKE2_INSTALL_METHOD == "airgap":
-            variables["rke2_airgap_artifact_dir"] = _airgap_dir(version)
+            variables.update(self._airgap_vars(version))
         if self.job.kind == JobKind.UPGRADE:
             variables["rke2_version"] = version
             variables["rke2_allow_downgrade"] = bool(params.get("allow_downgrade", False))
@@ -304,6 +303,18 @@ class StageOrchestrator:
         if "drain_timeout" in params:
             variables["rke2_drain_timeout"] = _positive_int(params["drain_timeout"], "drain_timeout")
         return variables
+
+    def _airgap_vars(self, version: str) -> dict[str, Any]:
+        """The version's artifact folder and install script. Jobs that install RKE2 fail here, before any playbook
+        runs, when the folder is missing or incomplete for the cluster's CNI; the playbooks then check each node's
+        architecture and the checksums on the controller."""
+        if self.job.kind not in (JobKind.INSTALL, JobKind.SCALE_ADD, JobKind.UPGRADE):
+            return {}
+        folder = artifacts.check_airgap_artifacts(version, str(self.cluster.cni))
+        return {
+            "rke2_airgap_artifact_dir": str(folder),
+            "rke2_airgap_install_script": str(artifacts.install_script(folder)),
+        }
 
     # Recording.
 
@@ -525,14 +536,6 @@ def _cni_notice(waiting: Any) -> str:
 def _completed(outcome: RunOutcome, hostname: str) -> bool:
     """Whether a host went through the whole play: Ansible processed it and it neither failed nor was unreachable."""
     return bool(outcome.stats.get("processed", {}).get(hostname)) and not outcome.host_failed(hostname)
-
-
-def _airgap_dir(version: str) -> str:
-    base = Path(settings.RKE2_AIRGAP_ARTIFACT_DIR or "")
-    if not str(base):
-        return ""
-    per_version = base / version
-    return str(per_version if per_version.is_dir() else base)
 
 
 def _workers_batch(value: Any) -> Any:

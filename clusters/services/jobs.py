@@ -26,6 +26,7 @@ from ..choices import (
 )
 from ..exceptions import InvalidState, JobConflict, QueueUnavailable
 from ..models import Cluster, Job
+from .artifacts import AirgapArtifactsError, airgap_enabled, check_airgap_artifacts
 from .audit import audit_record
 from .clusters import cluster_install_problems
 
@@ -77,11 +78,31 @@ def _validate_common_params(params: dict[str, Any]) -> None:
         raise ValidationError(errors)
 
 
+def _require_airgap_artifacts(cluster: Cluster, version: str, field: str) -> None:
+    """With the air-gap install method, the artifacts of ``version`` must be on the worker before a job that
+    installs it is queued: a missing version folder (or CNI archive) is refused naming the field."""
+    if not airgap_enabled():
+        return
+    try:
+        check_airgap_artifacts(version, str(cluster.cni))
+    except AirgapArtifactsError as exc:
+        raise ValidationError({field: [exc.message]}) from None
+
+
 def plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[str]:
     """The ordered stages a job of ``kind`` runs, after checking that the cluster's state allows it.
 
     Raises :class:`InvalidState` or :class:`ValidationError` (naming the parameter) when it does not.
     """
+    stages = _plan_stages(cluster, kind, params)
+    if kind in (JobKind.INSTALL, JobKind.SCALE_ADD):
+        _require_airgap_artifacts(cluster, str(cluster.rke2_version), "rke2_version")
+    elif kind == JobKind.UPGRADE:
+        _require_airgap_artifacts(cluster, str(params.get("target_version") or ""), "target_version")
+    return stages
+
+
+def _plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[str]:
     _validate_common_params(params)
     nodes = list(cluster.cluster_nodes.all())
     live = [node for node in nodes if node.status in LIVE_NODE_STATUSES]

@@ -12,6 +12,10 @@ writes, like an rke2 release's airgap artifacts::
     rke2-images-{core,canal,calico,cilium,flannel}.linux-amd64.tar.zst   the same, one per part (the stand-in's
                                        nodes check that the archive of their CNI is in the agent images folder)
     sha256sum-amd64.txt
+
+for each architecture asked for (``arches``).  ``build_airgap_dir(root, [v1, v2])`` writes one such folder per
+version under ``root``, as RKE2_AIRGAP_ARTIFACT_DIR wants.  Each image archive is a valid zstd stream (an empty tar
+and a skippable frame naming version, architecture and part), so the archives of two versions differ.
 """
 
 import gzip
@@ -162,15 +166,40 @@ def _empty_images_zst():
     return magic + descriptor + content_size + block_header + b"\x00"
 
 
-def build_bundle(dest_dir, version, arch="amd64", **knobs):
+def _images_zst(version, arch, part):
+    """An image archive of ``part``: the empty-tar zstd frame, then a zstd skippable frame naming the release it
+    belongs to (decoders skip it), so that the archives of two versions differ like real ones do."""
+    label = ("rke2-standin %s %s %s" % (version, arch, part)).encode()
+    return _empty_images_zst() + b"\x50\x2a\x4d\x18" + len(label).to_bytes(4, "little") + label
+
+
+def build_airgap_dir(root, versions, **options):
+    """Write ``root``/<version>/ for each of ``versions`` (an RKE2_AIRGAP_ARTIFACT_DIR) and return ``root``.
+    ``options`` are those of :func:`build_bundle` (arches, parts, full_archive and the knobs)."""
+    root = Path(root)
+    for version in versions:
+        build_bundle(root / version, version, **options)
+    return root
+
+
+def build_bundle(dest_dir, version, arch="amd64", arches=None, parts=IMAGE_ARCHIVE_PARTS, full_archive=True, **knobs):
     """Write the airgap artifact directory for ``version`` into ``dest_dir`` and return it.
+
+    ``arches`` (default: ``[arch]``): the architectures whose files are written (tarball, checksum file, image
+    archives); ``parts``: which rke2-images-<part> archives (default all); ``full_archive``: whether the
+    all-in-one rke2-images archive (core + Canal) is written too.
 
     Optional keyword knobs (seconds): server_start_delay, agent_start_delay, heartbeat_interval,
     node_monitor_grace, join_retry_interval.  They end up in share/rke2/standin.env inside the tarball."""
     if not VERSION_RE.match(version or ""):
         raise BundleError("version must look like v1.31.4+rke2r1, got %r" % (version,))
-    if arch not in ARCHES:
-        raise BundleError("arch must be one of %s, got %r" % (", ".join(ARCHES), arch))
+    arches = list(arches or [arch])
+    for name in arches:
+        if name not in ARCHES:
+            raise BundleError("arch must be one of %s, got %r" % (", ".join(ARCHES), name))
+    unknown_parts = set(parts) - set(IMAGE_ARCHIVE_PARTS)
+    if unknown_parts:
+        raise BundleError("unknown image archive part(s): %s" % ", ".join(sorted(unknown_parts)))
     unknown = set(knobs) - set(KNOB_NAMES)
     if unknown:
         raise BundleError("unknown knob(s): %s" % ", ".join(sorted(unknown)))
@@ -182,17 +211,19 @@ def build_bundle(dest_dir, version, arch="amd64", **knobs):
             values[key] = float(value)
     dest = Path(dest_dir)
     dest.mkdir(parents=True, exist_ok=True)
-    artifacts = {
-        "rke2.linux-%s.tar.gz" % arch: _tarball(version, arch, values),
-        "rke2-images.linux-%s.tar.zst" % arch: _empty_images_zst(),
-    }
-    # Like a release: the core images and each CNI's images on their own (rke2-images holds core + Canal).
-    for part in IMAGE_ARCHIVE_PARTS:
-        artifacts["rke2-images-%s.linux-%s.tar.zst" % (part, arch)] = _empty_images_zst()
-    for name, data in artifacts.items():
-        (dest / name).write_bytes(data)
-    sums = "".join("%s  %s\n" % (hashlib.sha256(data).hexdigest(), name) for name, data in sorted(artifacts.items()))
-    (dest / ("sha256sum-%s.txt" % arch)).write_text(sums)
+    for name in arches:
+        artifacts = {"rke2.linux-%s.tar.gz" % name: _tarball(version, name, values)}
+        if full_archive:
+            artifacts["rke2-images.linux-%s.tar.zst" % name] = _images_zst(version, name, "all")
+        # Like a release: the core images and each CNI's images on their own (rke2-images holds core + Canal).
+        for part in parts:
+            artifacts["rke2-images-%s.linux-%s.tar.zst" % (part, name)] = _images_zst(version, name, part)
+        for filename, data in artifacts.items():
+            (dest / filename).write_bytes(data)
+        sums = "".join(
+            "%s  %s\n" % (hashlib.sha256(data).hexdigest(), filename) for filename, data in sorted(artifacts.items())
+        )
+        (dest / ("sha256sum-%s.txt" % name)).write_text(sums)
     install = dest / "install.sh"
     install.write_bytes((BUNDLE_DIR / "install.sh").read_bytes())
     install.chmod(0o755)
