@@ -60,3 +60,12 @@ def sweep_webhooks() -> None:
     from .services.webhooks import webhooks_sweep
 
     webhooks_sweep()
+
+
+@shared_task(name="clusters.schedule_etcd_snapshots", ignore_result=True, soft_time_limit=120, time_limit=180)
+def schedule_etcd_snapshots() -> None:
+    """Request the scheduled etcd snapshot jobs that are due; clusters with an active job wait for the next run
+    (every ETCD_SNAPSHOT_SCHEDULE_SECONDS, from the beat schedule)."""
+    from .services.snapshots import snapshots_schedule_due
+
+    snapshots_schedule_due()

@@ -189,6 +189,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "clusters.sweep_webhooks",
         "schedule": env.float("WEBHOOK_SWEEP_INTERVAL_SECONDS", default=60.0),
     },
+    "schedule-etcd-snapshots": {
+        "task": "clusters.schedule_etcd_snapshots",
+        "schedule": env.float("ETCD_SNAPSHOT_SCHEDULE_SECONDS", default=60.0),
+    },
     "purge-job-events": {
         "task": "clusters.purge_job_events",
         "schedule": crontab(hour=env.int("JOB_EVENT_PURGE_HOUR", default=3), minute=17),

@@ -43,6 +43,8 @@ from ..exceptions import ApplicationError
 from ..fields import reveal
 from ..models import Cluster, Job, JobHostSummary, Node
 from ..services import adoption, artifacts
+from ..services.snapshots import PLAYBOOKS as SNAPSHOT_PLAYBOOKS
+from ..services.snapshots import SNAPSHOT_STAGES, snapshots_record, stage_inventory_nodes, stage_vars
 from . import state
 from .events import EventWriter
 from .redaction import Redactor
@@ -64,6 +66,7 @@ PLAYBOOKS: Mapping[str, str] = {
     "fetch_kubeconfig": "kubeconfig.yml",
     "health": "health.yml",
     "adopt": "adopt.yml",
+    **SNAPSHOT_PLAYBOOKS,
 }
 # Stages that install RKE2 on the hosts of their stage group (their nodes go through ``installing``).
 INSTALLING_STAGES = frozenset({"initial_master", "joining_masters", "workers"})
@@ -206,7 +209,7 @@ class StageOrchestrator:
             raise StageError(f"no playbook for stage {stage!r}.")
         rendered = self._inventory(stage)
         node_ids = self._stage_nodes(stage, rendered)
-        extravars = {**self._job_vars(), **rendered.secret_vars}
+        extravars = {**self._job_vars(), **stage_vars(self.job, stage), **rendered.secret_vars}
         fetch_kubeconfig = stage == "fetch_kubeconfig" or (self.job.kind == JobKind.INSTALL and stage == "all")
         if stage in INSTALLING_STAGES and not node_ids:
             # Nothing to install in this stage (a cluster without joining masters, say).
@@ -245,6 +248,11 @@ class StageOrchestrator:
         return StageResult(stage=stage, outcome=outcome, node_ids=node_ids)
 
     def _inventory(self, stage: str) -> RenderedInventory:
+        snapshot_nodes = stage_inventory_nodes(self.cluster, stage)
+        if snapshot_nodes is not None:
+            if not snapshot_nodes:
+                raise StageError("the cluster has no active server to take or list etcd snapshots on.")
+            return InventoryRenderer.render_for_operation(self.cluster, snapshot_nodes)
         kind = self.job.kind
         if kind == JobKind.INSTALL:
             return InventoryRenderer.render_for_stage(self.cluster, stage)
@@ -368,6 +376,10 @@ class StageOrchestrator:
         if self.job.kind == JobKind.PREFLIGHT:
             state.nodes_note_errors(errors, self.job)
             return
+        if stage in SNAPSHOT_STAGES:
+            # A snapshot that could not be taken or listed: the node itself is not failed.
+            state.nodes_note_errors(errors, self.job)
+            return
         if stage in INSTALLING_STAGES:
             # Hosts that reached the end of the stage are installed even though another host failed; the others
             # stopped with the stage (canceled, timed out, or the play aborted after the first failure).
@@ -412,6 +424,8 @@ class StageOrchestrator:
             self.facts.setdefault("rke2_node_ready", {}).update(ready)
             if self.job.kind in (JobKind.HEALTH, JobKind.INSTALL, JobKind.UPGRADE, JobKind.SCALE_ADD):
                 state.nodes_apply_readiness(self.cluster.pk, ready, self.job)
+        if "rke2_etcd_snapshots" in data:
+            snapshots_record(self.cluster, self.job, data.get("rke2_etcd_snapshots"))
         warnings = data.get("rke2_warnings")
         if isinstance(warnings, dict):
             # {host: [message]} of every stage: a host's messages are kept once each, in order.

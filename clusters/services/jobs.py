@@ -26,6 +26,7 @@ from ..choices import (
 )
 from ..exceptions import InvalidState, JobConflict, QueueUnavailable
 from ..models import Cluster, Job
+from . import snapshots
 from .artifacts import AirgapArtifactsError, airgap_enabled, check_airgap_artifacts
 from .audit import audit_record
 from .clusters import cluster_install_problems
@@ -114,6 +115,9 @@ def _plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[st
             "configuration or restart it with values the portal has not read from the nodes (a wrong token stops "
             "the servers). Run the adopt job first."
         )
+    snapshot_stages = snapshots.plan_snapshot_job(cluster, kind, params, nodes)
+    if snapshot_stages is not None:
+        return snapshot_stages
     if kind == JobKind.ADOPT:
         _require_credential(cluster)
         _require_bootstrapped(cluster, kind)
@@ -157,7 +161,7 @@ def _plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[st
         _require_bootstrapped(cluster, kind)
         if not any(node.status == NodeStatus.DRAINING for node in nodes):
             raise InvalidState("No node is marked for removal.")
-        return ["scale_remove"]
+        return [*snapshots.pre_snapshot_stages(cluster, kind, params, nodes), "scale_remove"]
     if kind == JobKind.UPGRADE:
         _require_credential(cluster)
         _require_bootstrapped(cluster, kind)
@@ -186,7 +190,7 @@ def _plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[st
             )
         if wanted == current and all(node.installed_version == target for node in live):
             raise InvalidState(f"Every node already runs {target}.")
-        return ["upgrade"]
+        return [*snapshots.pre_snapshot_stages(cluster, kind, params, nodes), "upgrade"]
     if kind == JobKind.UNINSTALL:
         _require_credential(cluster)
         if params.get("confirm") != cluster.name:
