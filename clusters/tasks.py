@@ -69,3 +69,12 @@ def schedule_etcd_snapshots() -> None:
     from .services.snapshots import snapshots_schedule_due
 
     snapshots_schedule_due()
+
+
+@shared_task(name="clusters.health_sync", ignore_result=True, soft_time_limit=120, time_limit=180)
+def health_sync() -> None:
+    """Request a health sync of every installed cluster that has no active job, and delete old syncs (every
+    HEALTH_SYNC_INTERVAL_SECONDS, from the beat schedule)."""
+    from .services.health import health_sync_run
+
+    health_sync_run()

@@ -189,6 +189,10 @@ CELERY_BEAT_SCHEDULE = {
         "task": "clusters.sweep_webhooks",
         "schedule": env.float("WEBHOOK_SWEEP_INTERVAL_SECONDS", default=60.0),
     },
+    "health-sync": {
+        "task": "clusters.health_sync",
+        "schedule": env.float("HEALTH_SYNC_INTERVAL_SECONDS", default=300.0),
+    },
     "schedule-etcd-snapshots": {
         "task": "clusters.schedule_etcd_snapshots",
         "schedule": env.float("ETCD_SNAPSHOT_SCHEDULE_SECONDS", default=60.0),
@@ -231,6 +235,10 @@ WEBHOOK_RETRY_BASE_SECONDS = env.float("WEBHOOK_RETRY_BASE_SECONDS", default=10.
 WEBHOOK_RETRY_MAX_SECONDS = env.float("WEBHOOK_RETRY_MAX_SECONDS", default=3600.0)
 # Jobs ended this recently are checked by the sweep for deliveries not created yet.
 WEBHOOK_SWEEP_WINDOW_SECONDS = env.int("WEBHOOK_SWEEP_WINDOW_SECONDS", default=3600)
+# Health sync (beat, every HEALTH_SYNC_INTERVAL_SECONDS): each sync job may run this long, and finished syncs are
+# kept this many hours (the last one of each cluster always).
+HEALTH_SYNC_TIMEOUT_SECONDS = env.int("HEALTH_SYNC_TIMEOUT_SECONDS", default=120)
+HEALTH_SYNC_KEEP_HOURS = env.float("HEALTH_SYNC_KEEP_HOURS", default=24.0)
 # Readiness (/readyz): how long the broker connection and the worker ping may take.
 READYZ_TIMEOUT_SECONDS = env.float("READYZ_TIMEOUT_SECONDS", default=2.0)
 JOB_EVENT_RETENTION_DAYS = env.int("JOB_EVENT_RETENTION_DAYS", default=90)

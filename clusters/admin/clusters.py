@@ -34,8 +34,10 @@ from ..services.clusters import (
     nodes_mark_for_removal,
 )
 from ..services.jobs import job_cancel, job_request
+from ..services.node_labels import node_labels_changed
 from ..services.relaunch import job_relaunch, relaunch_permissions
 from .base import SERVICE_ERRORS, ServiceErrorsMixin, ServiceRejected, badge, job_url, message_service_error
+from .day2 import ClusterDay2Mixin
 from .operations import CANCEL_JOB, DOWNLOAD_KUBECONFIG, REQUEST_JOB, ClusterOperationsMixin
 
 __all__ = ["ClusterAdmin", "NodeInline"]
@@ -123,11 +125,20 @@ def annotate_cluster_list(queryset: QuerySet[Cluster]) -> QuerySet[Cluster]:
 
 
 @admin.register(Cluster)
-class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin):
+class ClusterAdmin(ServiceErrorsMixin, ClusterDay2Mixin, ClusterOperationsMixin, admin.ModelAdmin):
     form = ClusterForm
     inlines = [NodeInline]
     change_form_template = "admin/clusters/cluster/change_form.html"
-    list_display = ("name", "rke2_version", "status_badge", "stage_badge", "node_roles", "node_statuses", "last_job")
+    list_display = (
+        "name",
+        "rke2_version",
+        "status_badge",
+        "health_state",
+        "stage_badge",
+        "node_roles",
+        "node_statuses",
+        "last_job",
+    )
     list_display_links = ("name",)
     list_filter = ("status", "installation_stage", ActiveJobFilter, "cni", "rke2_version", "ssh_credential")
     search_fields = (
@@ -339,6 +350,14 @@ class ClusterAdmin(ServiceErrorsMixin, ClusterOperationsMixin, admin.ModelAdmin)
                 messages = [f"{hostname}: {message}" for found in refused.values() for message in found]
                 raise ValidationError({"nodes": messages}) from exc
             changed.append((node_form.instance, node_form.changed_data))
+            if {"labels", "taints"} & set(node_form.changed_data):
+                # On a running node the change is applied now by a job (refused with the save while a job runs).
+                node_labels_changed(
+                    node=node_form.instance,
+                    previous_labels=list(node_form.initial.get("labels") or []),
+                    previous_taints=list(node_form.initial.get("taints") or []),
+                    actor=request.user,
+                )
         if changed:
             audit_record(
                 action="nodes.update",

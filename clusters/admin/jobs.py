@@ -18,6 +18,7 @@ from ..models import Job, JobEvent
 from ..services.jobs import job_cancel
 from ..services.relaunch import job_relaunch, relaunch_params, relaunch_permissions
 from .base import SERVICE_ERRORS, badge, job_url, message_service_error
+from .day2 import HealthSyncFilter
 from .operations import CANCEL_JOB
 from .results import result_tables
 
@@ -67,7 +68,7 @@ class JobAdmin(admin.ModelAdmin):
     change_form_template = "admin/clusters/job/change_form.html"
     list_display = ("job_label", "cluster_link", "status_badge", "progress", "requested_by", "created_at", "duration")
     list_display_links = ("job_label",)
-    list_filter = ("status", "kind", ("cluster", admin.RelatedOnlyFieldListFilter))
+    list_filter = ("status", "kind", HealthSyncFilter, ("cluster", admin.RelatedOnlyFieldListFilter))
     search_fields = ("cluster__name", "=id")
     list_select_related = ("cluster", "requested_by")
     date_hierarchy = "created_at"

@@ -299,6 +299,11 @@ class NodeOutput(serializers.Serializer):
     taints = serializers.ListField(child=serializers.CharField())
     node_vars = RKE2ConfigField()
     installed_version = serializers.CharField()
+    k8s_ready = serializers.BooleanField(
+        allow_null=True, help_text="The node's Ready condition at the last health check (null: not read yet)."
+    )
+    kubelet_version = serializers.CharField(help_text="The kubelet version the node reported.")
+    last_seen_at = serializers.DateTimeField(allow_null=True, help_text="The node's last heartbeat that was seen.")
     last_error = serializers.CharField()
     last_job = serializers.IntegerField(source="last_job_id", allow_null=True)
     install_started_at = serializers.DateTimeField(allow_null=True)
@@ -364,6 +369,8 @@ class ClusterOutput(serializers.Serializer):
         help_text="Imported and not adopted yet: run the adopt job before install, scale or upgrade jobs."
     )
     active_job = serializers.IntegerField(source="active_job_id", allow_null=True, help_text="Id of the active job.")
+    health_summary = serializers.CharField(help_text="What the last health check or sync found.")
+    health_checked_at = serializers.DateTimeField(allow_null=True, help_text="When (null: never).")
     created_at = serializers.DateTimeField()
     updated_at = serializers.DateTimeField()
 

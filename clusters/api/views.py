@@ -29,16 +29,18 @@ from rest_framework.response import Response
 from rke2portal.exceptions import api_exception_handler
 
 from .. import selectors
-from ..choices import JobKind
+from ..choices import JobKind, NodeStatus
 from ..models import Cluster, Job, Node, SSHCredential
 from ..services.adoption import adoption_differences
 from ..services.clusters import cluster_create, cluster_delete, cluster_update
 from ..services.credentials import credential_create, credential_delete, credential_update
 from ..services.jobs import job_cancel, job_request
 from ..services.kubeconfig import kubeconfig_download
+from ..services.node_labels import node_labels_update
 from ..services.previews import cluster_previews, node_config_preview
 from ..services.relaunch import job_relaunch, relaunch_permissions
 from ..services.scaling import cluster_scale_in, cluster_scale_out
+from . import day2
 from . import serializers as s
 from .filters import ClusterFilter, JobFilter, NodeFilter
 from .ordering import LIST_FILTERS
@@ -199,6 +201,8 @@ class ClusterViewSet(APIViewSet):
         "fetch_kubeconfig": ["clusters.add_job"],
         "health": ["clusters.add_job"],
         "adopt": ["clusters.add_job"],
+        "cert_rotate": ["clusters.add_job"],
+        "node_labels": ["clusters.change_node", "clusters.add_job"],
         "adoption": ["clusters.view_cluster", "clusters.view_node"],
         "inventory": ["clusters.view_cluster", "clusters.view_node"],
         "config": ["clusters.view_cluster", "clusters.view_node"],
@@ -339,6 +343,41 @@ class ClusterViewSet(APIViewSet):
         "adopted.",
     )
 
+    cert_rotate = _job_action(
+        JobKind.CERT_ROTATE,
+        s.PreflightInput,
+        "Rotate the certificates",
+        "Runs `rke2 certificate rotate` on the servers one at a time (stop, rotate, start, wait until Ready), then "
+        "restarts the agents in batches (`workers_batch`), then fetches and stores the new kubeconfig.",
+        url_path="rotate-certificates",
+        url_name="rotate-certificates",
+    )
+
+    @extend_schema(
+        summary="Change the labels and taints of a node",
+        description="Stores the node's new labels and/or taints. On an active node of an installed cluster a job "
+        "applies them at once with kubectl (removing those the portal had set before and no longer wanted) and "
+        "writes them into the node's config.yaml without restarting RKE2 (202). A node not installed yet gets them "
+        "at its install (200, `job` null). Refused while the cluster has an active job (409): nothing changes then.",
+        request=day2.NodeLabelsInput,
+        responses={202: day2.NodeLabelsOutput, 200: day2.NodeLabelsOutput, **ERRORS, **CONFLICT},
+        filters=False,
+    )
+    @action(detail=True, methods=["post"], url_path="node-labels", url_name="node-labels")
+    def node_labels(self, request: Request, pk: str | None = None) -> Response:
+        cluster = self.get_cluster()
+        data = self.parse(day2.NodeLabelsInput, request.data).validated_data
+        node = cluster.cluster_nodes.filter(hostname=data["hostname"]).exclude(status=NodeStatus.REMOVED).first()
+        if node is None:
+            raise DjangoValidationError({"hostname": [f"The cluster has no node {data['hostname']!r}."]})
+        node, job = node_labels_update(
+            node=node, labels=data.get("labels"), taints=data.get("taints"), actor=request.user
+        )
+        result = self.output(day2.NodeLabelsOutput, {"node": node, "job": job})
+        if job is None:
+            return Response(result, status=status.HTTP_200_OK)
+        return Response(result, status=status.HTTP_202_ACCEPTED, headers={"Location": result["job"]["url"]})
+
     @extend_schema(
         summary="Compare what runs with what the portal would write",
         description="Whether the cluster still needs adoption, the last adopt job's report, and for every live "
@@ -471,7 +510,11 @@ class JobViewSet(APIViewSet):
         return job
 
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        return self.paginated(self.filter_queryset(self.get_queryset()), s.JobOutput)
+        jobs = self.filter_queryset(self.get_queryset())
+        if request.query_params.get("kind") != JobKind.HEALTH_SYNC:
+            # Scheduled health syncs run every few minutes on every cluster: listed only when asked for by kind.
+            jobs = jobs.exclude(kind=JobKind.HEALTH_SYNC)
+        return self.paginated(jobs, s.JobOutput)
 
     def retrieve(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return Response(self.output(s.JobOutput, self.get_job()))

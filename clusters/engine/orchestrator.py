@@ -42,7 +42,8 @@ from ..choices import (
 from ..exceptions import ApplicationError
 from ..fields import reveal
 from ..models import Cluster, Job, JobHostSummary, Node
-from ..services import adoption, artifacts
+from ..services import adoption, artifacts, node_labels
+from ..services.health import health_record
 from ..services.snapshots import PLAYBOOKS as SNAPSHOT_PLAYBOOKS
 from ..services.snapshots import SNAPSHOT_STAGES, snapshots_record, stage_inventory_nodes, stage_vars
 from . import state
@@ -66,6 +67,9 @@ PLAYBOOKS: Mapping[str, str] = {
     "fetch_kubeconfig": "kubeconfig.yml",
     "health": "health.yml",
     "adopt": "adopt.yml",
+    "health_sync": "health.yml",
+    "cert_rotate": "cert_rotate.yml",
+    "node_labels": "node_labels.yml",
     **SNAPSHOT_PLAYBOOKS,
 }
 # Stages that install RKE2 on the hosts of their stage group (their nodes go through ``installing``).
@@ -210,7 +214,9 @@ class StageOrchestrator:
         rendered = self._inventory(stage)
         node_ids = self._stage_nodes(stage, rendered)
         extravars = {**self._job_vars(), **stage_vars(self.job, stage), **rendered.secret_vars}
-        fetch_kubeconfig = stage == "fetch_kubeconfig" or (self.job.kind == JobKind.INSTALL and stage == "all")
+        fetch_kubeconfig = stage in ("fetch_kubeconfig", "cert_rotate") or (
+            self.job.kind == JobKind.INSTALL and stage == "all"
+        )
         if stage in INSTALLING_STAGES and not node_ids:
             # Nothing to install in this stage (a cluster without joining masters, say).
             self._emit(stage, f"STAGE [{stage}] no hosts to act on; nothing to do")
@@ -306,6 +312,8 @@ class StageOrchestrator:
             variables["rke2_allow_minor_skip"] = bool(params.get("allow_minor_skip", False))
         if self.job.kind == JobKind.SCALE_REMOVE:
             variables["rke2_ungraceful"] = bool(params.get("ungraceful", False))
+        if self.job.kind == JobKind.NODE_LABELS:
+            variables.update(node_labels.node_labels_job_vars(params))
         if "workers_batch" in params:
             variables["rke2_workers_batch"] = _workers_batch(params["workers_batch"])
         if "drain_timeout" in params:
@@ -373,7 +381,8 @@ class StageOrchestrator:
                 errors[node_id] = f"Stage {stage} failed on this node."
         errors = {node_id: self.redactor.text(message) for node_id, message in errors.items()}
         reason = self.redactor.text(reason)
-        if self.job.kind == JobKind.PREFLIGHT:
+        if self.job.kind in (JobKind.PREFLIGHT, JobKind.HEALTH_SYNC, JobKind.NODE_LABELS):
+            # Findings and a failed change of labels do not say that a node stopped working.
             state.nodes_note_errors(errors, self.job)
             return
         if stage in SNAPSHOT_STAGES:
@@ -422,10 +431,20 @@ class StageOrchestrator:
         ready = data.get("rke2_node_ready")
         if isinstance(ready, dict):
             self.facts.setdefault("rke2_node_ready", {}).update(ready)
-            if self.job.kind in (JobKind.HEALTH, JobKind.INSTALL, JobKind.UPGRADE, JobKind.SCALE_ADD):
+            if self.job.kind in (
+                JobKind.HEALTH,
+                JobKind.HEALTH_SYNC,
+                JobKind.INSTALL,
+                JobKind.UPGRADE,
+                JobKind.SCALE_ADD,
+                JobKind.CERT_ROTATE,
+            ):
                 state.nodes_apply_readiness(self.cluster.pk, ready, self.job)
         if "rke2_etcd_snapshots" in data:
             snapshots_record(self.cluster, self.job, data.get("rke2_etcd_snapshots"))
+        health = data.get("rke2_node_health")
+        if isinstance(health, dict) and self.job.kind in (JobKind.HEALTH, JobKind.HEALTH_SYNC):
+            health_record(self.cluster.pk, health)
         warnings = data.get("rke2_warnings")
         if isinstance(warnings, dict):
             # {host: [message]} of every stage: a host's messages are kept once each, in order.

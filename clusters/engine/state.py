@@ -191,8 +191,9 @@ def cluster_settle_after_job(job: Job, status: str) -> None:
         cluster_settle_status(cluster_id)
     elif kind in (JobKind.SCALE_ADD, JobKind.SCALE_REMOVE):
         cluster_settle_status(cluster_id)
-    elif kind == JobKind.HEALTH:
+    elif kind in (JobKind.HEALTH, JobKind.HEALTH_SYNC):
+        from ..services.health import health_settle_after_job
+
+        health_settle_after_job(job, status)
+    elif kind == JobKind.CERT_ROTATE:
         cluster_settle_status(cluster_id)
-        if status != JobStatus.SUCCESSFUL:
-            # The API did not answer: whatever the nodes last reported, the cluster is not healthy.
-            cluster_update(cluster_id, status=ClusterStatus.DEGRADED)

@@ -30,6 +30,7 @@ from . import snapshots
 from .artifacts import AirgapArtifactsError, airgap_enabled, check_airgap_artifacts
 from .audit import audit_record
 from .clusters import cluster_install_problems
+from .health import health_sync_yield
 
 __all__ = ["job_request", "job_cancel", "job_dispatch", "plan_stages", "JOB_QUEUE"]
 
@@ -200,10 +201,23 @@ def _plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[st
         _require_credential(cluster)
         _require_bootstrapped(cluster, kind)
         return ["fetch_kubeconfig"]
-    if kind == JobKind.HEALTH:
+    if kind in (JobKind.HEALTH, JobKind.HEALTH_SYNC):
         _require_credential(cluster)
         _require_bootstrapped(cluster, kind)
-        return ["health"]
+        return [str(kind)]
+    if kind == JobKind.CERT_ROTATE:
+        _require_credential(cluster)
+        _require_bootstrapped(cluster, kind)
+        if cluster.adoption_required:
+            raise InvalidState("The cluster was imported and is not adopted yet: run the adopt job first.")
+        return ["cert_rotate"]
+    if kind == JobKind.NODE_LABELS:
+        from .node_labels import node_labels_plan
+
+        _require_credential(cluster)
+        _require_bootstrapped(cluster, kind)
+        node_labels_plan(cluster, params)
+        return ["node_labels"]
     raise ValidationError({"kind": [f"Unknown job kind {kind!r}."]})
 
 
@@ -255,7 +269,7 @@ def job_request(*, cluster: Cluster, kind: str, params: dict[str, Any] | None = 
         raise ValidationError({"kind": [f"Unknown job kind {kind!r}."]})
     params = dict(params or {})
     active = cluster.jobs.filter(status__in=ACTIVE_JOB_STATUSES).first()
-    if active is not None:
+    if active is not None and not health_sync_yield(active):
         raise JobConflict(active)
     stages = plan_stages(cluster, kind, params)
     resume_of = None

@@ -31,7 +31,7 @@ from django.db import IntegrityError, transaction
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 
-from ..choices import FINISHED_JOB_STATUSES, JobStatus, WebhookDeliveryStatus
+from ..choices import FINISHED_JOB_STATUSES, JobKind, JobStatus, WebhookDeliveryStatus
 from ..engine.redaction import Redactor
 from ..fields import reveal
 from ..models import Job, Webhook, WebhookDelivery
@@ -199,6 +199,8 @@ def webhooks_notify_job(*, job_id: int) -> list[int]:
     job = Job.objects.select_related("cluster", "cluster__ssh_credential", "requested_by").filter(pk=job_id).first()
     if job is None or job.status not in FINISHED_JOB_STATUSES:
         return []
+    if job.kind == JobKind.HEALTH_SYNC:
+        return []  # scheduled syncs are not notified; a cluster that turns degraded is in the audit log
     hooks = list(webhooks_for_job(job).exclude(deliveries__job=job))
     if not hooks:
         return []

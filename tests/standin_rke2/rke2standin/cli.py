@@ -18,6 +18,7 @@ COMMANDS:
    server         Run management server
    agent          Run node agent
    etcd-snapshot  Manage etcd snapshots (save, list, prune, delete)
+   certificate    Rotate the service certificates (rotate)
 
 GLOBAL OPTIONS:
    --debug            (logging) Turn on debug logs
@@ -125,6 +126,10 @@ def main(argv=None):
         return 0
     if command == "etcd-snapshot":
         return etcd_snapshot(rest)
+    if command == "certificate":
+        from .certs import certificate
+
+        return certificate(rest)
     sys.stderr.write("No help topic for '%s'\n" % command)
     return 3
 

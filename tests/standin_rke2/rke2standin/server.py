@@ -565,6 +565,9 @@ class Server:
             if not self.etcd_proc.adopt():
                 self.issue_etcd_certs()
                 self.etcd_proc.start(self.etcd_args())
+            elif not os.path.exists(self.tls("etcd/client.crt")):
+                # Removed by `rke2 certificate rotate`: the running etcd reads the new files at its next handshake.
+                self.issue_etcd_certs()
             self.wait_etcd(self.etcd_client())
             token = node.Token(self.cfg.get("token"), "server")
             secret = token.password if token.raw else node.Token(_read(self.paths.token), "server").password
