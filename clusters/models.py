@@ -504,6 +504,8 @@ class Job(models.Model):
         indexes = [
             models.Index(fields=["status", "heartbeat_at"], name="clusters_job_status_heartbeat"),
             models.Index(fields=["cluster", "-created_at"], name="clusters_job_cluster_created"),
+            # The job lists (API and admin) show the newest first: read in index order, never sorted whole.
+            models.Index(fields=["-created_at", "-id"], name="clusters_job_created"),
         ]
 
     def __str__(self) -> str:
