@@ -402,6 +402,18 @@ def weakening_reason(key: str, value: object) -> str | None:
     return None
 
 
+def weakening_config_errors(value: object) -> list[str]:
+    """What a stored extra-config mapping holds that :func:`weakening_reason` refuses, one message per key (values
+    stored before a key was refused are checked again before they are rendered into a node's config.yaml)."""
+    if not isinstance(value, dict):
+        return []
+    return [
+        f"{key!r}: {reason}"
+        for key, item in value.items()
+        if isinstance(key, str) and (reason := weakening_reason(key, item))
+    ]
+
+
 # RKE2 "critical" server flags beyond the ones with their own fields: every server must have the same value, or a
 # joining server is refused ("critical configuration value mismatch"). They belong to the cluster, never to one
 # node, and are frozen with the other critical values once the cluster has bootstrapped.

@@ -25,6 +25,7 @@ from ..choices import (
     NodeStatus,
 )
 from ..exceptions import InvalidState, JobConflict, QueueUnavailable
+from ..integrity import integrity_error_messages, integrity_refusal
 from ..models import Cluster, Job
 from . import snapshots
 from .artifacts import AirgapArtifactsError, airgap_enabled, check_airgap_artifacts
@@ -38,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 # Playbook jobs run on their own queue, one at a time per worker process.
 JOB_QUEUE = "playbooks"
+# The database rule behind "one active job per cluster" (clusters.models.Job.Meta.constraints).
+ONE_ACTIVE_JOB_CONSTRAINT = "clusters_job_one_active_per_cluster"
 
 
 def _require_credential(cluster: Cluster) -> None:
@@ -221,6 +224,35 @@ def _plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[st
     raise ValidationError({"kind": [f"Unknown job kind {kind!r}."]})
 
 
+# Jobs that write RKE2's config.yaml on nodes (from the cluster's and the nodes' extra configuration).
+CONFIG_RENDERING_KINDS = frozenset({JobKind.INSTALL, JobKind.SCALE_ADD, JobKind.UPGRADE})
+
+
+def _refuse_weakening_config(cluster: Cluster, kind: str) -> None:
+    """Refuse a job that would write extra configuration that is refused today (stored before it was: imported,
+    or saved by an older version) into config.yaml; each error names the field, the node and the key."""
+    if kind not in CONFIG_RENDERING_KINDS:
+        return
+    errors: dict[str, list[str]] = {}
+    advice = (
+        "stored before such values were refused; remove it from the {} extra configuration, then request the job again."
+    )
+    problems = validators.weakening_config_errors(cluster.cluster_vars)
+    if problems:
+        where = advice.format(f"cluster {cluster.name}'s")
+        errors["cluster_vars"] = [f"{problem} It was {where}" for problem in problems]
+    nodes = cluster.cluster_nodes.filter(status__in=LIVE_NODE_STATUSES)
+    if kind == JobKind.SCALE_ADD:
+        nodes = nodes.filter(status__in=(NodeStatus.PENDING, NodeStatus.FAILED))
+    for node in nodes.order_by("hostname"):
+        problems = validators.weakening_config_errors(node.node_vars)
+        if problems:
+            where = advice.format(f"node {node.hostname}'s")
+            errors[f"nodes[{node.hostname}].node_vars"] = [f"{problem} It was {where}" for problem in problems]
+    if errors:
+        raise ValidationError(errors)
+
+
 def _last_install(cluster: Cluster) -> Job | None:
     """The cluster's last install job that ran (jobs that never started changed nothing on the cluster)."""
     return (
@@ -272,6 +304,7 @@ def job_request(*, cluster: Cluster, kind: str, params: dict[str, Any] | None = 
     if active is not None and not health_sync_yield(active):
         raise JobConflict(active)
     stages = plan_stages(cluster, kind, params)
+    _refuse_weakening_config(cluster, kind)
     resume_of = None
     if kind == JobKind.INSTALL and params.get("resume"):
         resume_of = _last_install(cluster)
@@ -288,8 +321,13 @@ def job_request(*, cluster: Cluster, kind: str, params: dict[str, Any] | None = 
                 resume_of=resume_of,
             )
             audit_record(action=f"job.request.{kind}", actor=actor, cluster=cluster, detail={"job_id": job.pk})
-    except IntegrityError:
-        raise JobConflict(cluster.jobs.filter(status__in=ACTIVE_JOB_STATUSES).first()) from None
+    except IntegrityError as exc:
+        refusal = integrity_refusal(exc, Job)
+        if refusal.constraint == ONE_ACTIVE_JOB_CONSTRAINT:
+            # Another request created its job between the check above and this one.
+            raise JobConflict(cluster.jobs.filter(status__in=ACTIVE_JOB_STATUSES).first()) from None
+        # Any other rule is reported as the rule it is, next to the field it guards: never as a conflict.
+        raise ValidationError(integrity_error_messages(exc, Job)) from exc
     if transaction.get_connection().in_atomic_block:
         # The caller's transaction commits later: the message goes then; a broker that is down fails the job.
         transaction.on_commit(partial(job_dispatch, job), robust=True)
