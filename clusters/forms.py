@@ -346,6 +346,12 @@ class RemoveNodesForm(forms.Form):
         required=False,
         help_text="Skip draining and uninstalling on the hosts; only remove the nodes from the cluster.",
     )
+    snapshot = forms.BooleanField(
+        label="Take an etcd snapshot first",
+        required=False,
+        initial=True,
+        help_text="Before a server is removed, every server takes a pre-removal etcd snapshot.",
+    )
 
     def __init__(self, *args: Any, choices: Iterable[str] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -364,6 +370,12 @@ class UpgradeForm(forms.Form):
         label="Allow skipping a minor version",
         required=False,
         help_text="Kubernetes supports upgrading one minor version at a time.",
+    )
+    snapshot = forms.BooleanField(
+        label="Take an etcd snapshot first",
+        required=False,
+        initial=True,
+        help_text="Every server takes a pre-upgrade etcd snapshot before the first node is upgraded.",
     )
     workers_batch = forms.CharField(
         label="Workers at a time",
@@ -387,6 +399,7 @@ class UpgradeForm(forms.Form):
             "target_version": self.cleaned_data["target_version"],
             "allow_downgrade": self.cleaned_data["allow_downgrade"],
             "allow_minor_skip": self.cleaned_data["allow_minor_skip"],
+            "snapshot": self.cleaned_data["snapshot"],
         }
         if self.cleaned_data.get("workers_batch") is not None:
             params["workers_batch"] = self.cleaned_data["workers_batch"]

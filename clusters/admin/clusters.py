@@ -39,6 +39,7 @@ from ..services.relaunch import job_relaunch, relaunch_permissions
 from .base import SERVICE_ERRORS, ServiceErrorsMixin, ServiceRejected, badge, job_url, message_service_error
 from .day2 import ClusterDay2Mixin
 from .operations import CANCEL_JOB, DOWNLOAD_KUBECONFIG, REQUEST_JOB, ClusterOperationsMixin
+from .snapshots import ClusterSnapshotsMixin
 
 __all__ = ["ClusterAdmin", "NodeInline"]
 
@@ -125,7 +126,9 @@ def annotate_cluster_list(queryset: QuerySet[Cluster]) -> QuerySet[Cluster]:
 
 
 @admin.register(Cluster)
-class ClusterAdmin(ServiceErrorsMixin, ClusterDay2Mixin, ClusterOperationsMixin, admin.ModelAdmin):
+class ClusterAdmin(
+    ServiceErrorsMixin, ClusterDay2Mixin, ClusterOperationsMixin, ClusterSnapshotsMixin, admin.ModelAdmin
+):
     form = ClusterForm
     inlines = [NodeInline]
     change_form_template = "admin/clusters/cluster/change_form.html"

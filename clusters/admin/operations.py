@@ -284,7 +284,7 @@ class ClusterOperationsMixin:
             _, job = cluster_scale_in(
                 cluster=cluster,
                 hostnames=hostnames,
-                params={"ungraceful": form.cleaned_data["ungraceful"]},
+                params={"ungraceful": form.cleaned_data["ungraceful"], "snapshot": form.cleaned_data["snapshot"]},
                 actor=request.user,
             )
         except SERVICE_ERRORS as exc:

@@ -543,6 +543,9 @@ class UpgradeInput(_JobOptions):
     target_version = StrictCharField(max_length=64, help_text="e.g. v1.32.1+rke2r1")
     allow_downgrade = StrictBooleanField(required=False, default=False)
     allow_minor_skip = StrictBooleanField(required=False, default=False)
+    snapshot = StrictBooleanField(
+        required=False, default=True, help_text="Take an etcd snapshot on every server before the upgrade."
+    )
 
 
 @extend_schema_serializer(component_name="Uninstall")
@@ -569,6 +572,11 @@ class ScaleInInput(_JobOptions):
         required=False,
         default=False,
         help_text="The hosts are gone: remove the nodes from Kubernetes without draining.",
+    )
+    snapshot = StrictBooleanField(
+        required=False,
+        default=True,
+        help_text="Take an etcd snapshot on every server before a server is removed.",
     )
 
     def to_params(self) -> dict[str, Any]:

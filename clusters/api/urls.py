@@ -8,6 +8,7 @@ from rest_framework.routers import SimpleRouter
 from .audit import AuditLogViewSet
 from .hostkeys import HostKeyViewSet
 from .root import APIRootView
+from .snapshots import ClusterRestoreViewSet, ClusterSnapshotViewSet
 from .tokens import APITokenViewSet
 from .views import ClusterNodeViewSet, ClusterViewSet, CredentialViewSet, JobViewSet
 from .webhooks import WebhookDeliveryViewSet, WebhookViewSet
@@ -30,6 +31,31 @@ urlpatterns = [
         "clusters/<int:cluster_pk>/nodes/",
         ClusterNodeViewSet.as_view({"get": "list"}),
         name="cluster-nodes",
+    ),
+    path(
+        "clusters/<int:cluster_pk>/etcd-snapshots/",
+        ClusterSnapshotViewSet.as_view({"get": "list", "post": "take"}),
+        name="cluster-etcd-snapshots",
+    ),
+    path(
+        "clusters/<int:cluster_pk>/etcd-snapshots/refresh/",
+        ClusterSnapshotViewSet.as_view({"post": "refresh"}),
+        name="cluster-etcd-snapshots-refresh",
+    ),
+    path(
+        "clusters/<int:cluster_pk>/etcd-snapshots/prune/",
+        ClusterSnapshotViewSet.as_view({"post": "prune"}),
+        name="cluster-etcd-snapshots-prune",
+    ),
+    path(
+        "clusters/<int:cluster_pk>/etcd-snapshots/schedule/",
+        ClusterSnapshotViewSet.as_view({"put": "schedule"}),
+        name="cluster-etcd-snapshots-schedule",
+    ),
+    path(
+        "clusters/<int:cluster_pk>/etcd-restore/",
+        ClusterRestoreViewSet.as_view({"post": "restore"}),
+        name="cluster-etcd-restore",
     ),
     *router.urls,
 ]

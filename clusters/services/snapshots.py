@@ -46,6 +46,7 @@ from ..choices import (
 )
 from ..exceptions import ApplicationError, InvalidState
 from ..models import Cluster, EtcdSnapshot, Job, Node
+from .audit import audit_record
 
 __all__ = [
     "PLAYBOOKS",
@@ -54,6 +55,7 @@ __all__ = [
     "plan_snapshot_job",
     "pre_snapshot_stages",
     "snapshot_request",
+    "snapshot_schedule_set",
     "snapshots_list_request",
     "snapshots_prune_request",
     "snapshots_record",
@@ -89,6 +91,7 @@ RESERVED_PREFIXES = {
 DEFAULT_NAME = "on-demand"
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 MAX_RETENTION = 1000
+MAX_INTERVAL_MINUTES = 60 * 24 * 31
 
 
 # Planning (called by clusters.services.jobs.plan_stages).
@@ -406,6 +409,40 @@ def etcd_restore_request(*, cluster: Cluster, snapshot: EtcdSnapshot | int, conf
     cluster's name."""
     snapshot_id = snapshot.pk if isinstance(snapshot, EtcdSnapshot) else snapshot
     return _request(cluster, JobKind.ETCD_RESTORE, {"snapshot_id": snapshot_id, "confirm": confirm}, actor)
+
+
+def snapshot_schedule_set(*, cluster: Cluster, interval_minutes: Any, retention: Any, actor: Any = None) -> Cluster:
+    """Set the cluster's snapshot schedule: a snapshot on every server each ``interval_minutes`` (0: none), keeping
+    ``retention`` scheduled snapshots per server (0: all)."""
+    errors: dict[str, list[str]] = {}
+    if (
+        isinstance(interval_minutes, bool)
+        or not isinstance(interval_minutes, int)
+        or not (0 <= interval_minutes <= MAX_INTERVAL_MINUTES)
+    ):
+        errors["etcd_snapshot_interval_minutes"] = [
+            f"Enter the minutes between two scheduled snapshots, from 0 (none) to {MAX_INTERVAL_MINUTES}."
+        ]
+    if isinstance(retention, bool) or not isinstance(retention, int) or not 0 <= retention <= MAX_RETENTION:
+        errors["etcd_snapshot_retention"] = [
+            f"Enter how many scheduled snapshots to keep, from 0 (all) to {MAX_RETENTION}."
+        ]
+    if errors:
+        raise ValidationError(errors)
+    with transaction.atomic():
+        Cluster.objects.filter(pk=cluster.pk).update(
+            etcd_snapshot_interval_minutes=interval_minutes,
+            etcd_snapshot_retention=retention,
+            updated_at=timezone.now(),
+        )
+        audit_record(
+            action="cluster.etcd_snapshot_schedule",
+            actor=actor,
+            cluster=cluster,
+            detail={"interval_minutes": interval_minutes, "retention": retention},
+        )
+    cluster.refresh_from_db()
+    return cluster
 
 
 def snapshots_schedule_due(now: datetime | None = None) -> list[int]:
