@@ -23,7 +23,7 @@ from ..services.snapshots import (
     snapshots_list_request,
     snapshots_prune_request,
 )
-from .base import SERVICE_ERRORS, ClusterListFilter, job_url, message_service_error
+from .base import SERVICE_ERRORS, job_url, message_service_error
 
 __all__ = ["ClusterSnapshotsMixin", "EtcdSnapshotAdmin"]
 
@@ -233,7 +233,7 @@ class EtcdSnapshotAdmin(admin.ModelAdmin):
     """Every cluster's snapshots, as the last snapshot jobs listed them (read-only: jobs change them)."""
 
     list_display = ("name", "cluster_link", "node_name", "kind", "size_text", "created", "job_link")
-    list_filter = (("cluster", ClusterListFilter), "kind")
+    list_filter = ("kind", "cluster")
     search_fields = ("name", "node_name", "cluster__name")
     ordering = ("-created",)
     list_select_related = ("cluster", "job")
