@@ -11,6 +11,8 @@ Changes made to the root after debootstrap (bump :data:`RECIPE_VERSION` when cha
 * ``etcd.service`` is masked and its ``etcd2.service`` alias removed (the stand-in RKE2 runs its own etcd on
   2379/2380), and the ``etcd`` user, group and ``/var/lib/etcd`` the package created are removed (on an RKE2
   host the operator creates that user, e.g. for the CIS profile);
+* ``firewalld`` and ``NetworkManager`` are installed but disabled (a host runs them only when a test enables
+  them, as a RHEL-family machine would have them on);
 * timers and gettys a test host does not need are removed (``apt-daily*``, ``dpkg-db-backup``, ``e2scrub*``,
   ``fstrim``, ``getty@tty1``) and ``console-getty.service`` is masked;
 * the shared ssh host keys and machine id are removed (every host gets its own);
@@ -50,7 +52,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SUITE = "bookworm"
-RECIPE_VERSION = 3
+RECIPE_VERSION = 4
 PACKAGES: tuple[str, ...] = (
     "systemd",
     "systemd-sysv",
@@ -71,6 +73,10 @@ PACKAGES: tuple[str, ...] = (
     "tar",
     "gzip",
     "zstd",
+    "libpam-systemd",  # logind, which polkitd (needed by the next two) depends on through a virtual package
+    "netbase",  # /etc/protocols and /etc/services, which firewalld reads
+    "firewalld",
+    "network-manager",
 )
 DEFAULT_CACHE_BASE = Path("/var/cache/rke2portal/testhost-root")
 PRUNE_UNUSED_AFTER = 3600.0
@@ -80,6 +86,12 @@ DEPLOY_HOME = "/var/lib/deploy-home"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 
 _MASKED_UNITS = ("etcd.service", "console-getty.service", "apt-daily.timer", "apt-daily-upgrade.timer")
+_DISABLED_UNITS = (
+    "firewalld.service",
+    "NetworkManager.service",
+    "NetworkManager-wait-online.service",
+    "NetworkManager-dispatcher.service",
+)
 _REMOVED_WANTS = re.compile(r"^(apt-daily.*|dpkg-db-backup|e2scrub.*|fstrim|getty@tty1)\.(timer|service)$")
 
 
@@ -172,6 +184,7 @@ def _customize(root: Path) -> None:
             if _REMOVED_WANTS.match(link.name) or link.name in _MASKED_UNITS:
                 link.unlink()
     (system / "etcd2.service").unlink(missing_ok=True)
+    subprocess.run(["chroot", str(root), "systemctl", "disable", *_DISABLED_UNITS], check=True, capture_output=True)
     for unit in _MASKED_UNITS:
         target = system / unit
         if target.is_symlink() or target.exists():
