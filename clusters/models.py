@@ -173,6 +173,23 @@ class Cluster(models.Model):
         editable=False,
         help_text="What the last health check found: nodes Ready, or the NotReady nodes and version drift.",
     )
+    prepare_firewall = models.BooleanField(
+        "open the RKE2 ports in the host firewall",
+        default=True,
+        help_text="When firewalld, ufw or an nftables ruleset is active on a node, open exactly the ports RKE2 needs "
+        "for the node's type and the CNI (removed again by uninstall).",
+    )
+    prepare_network_manager = models.BooleanField(
+        "keep NetworkManager off the CNI interfaces",
+        default=True,
+        help_text="Where NetworkManager is installed, mark the CNI's interfaces unmanaged and disable nm-cloud-setup.",
+    )
+    prepare_kernel = models.BooleanField(
+        "load kernel modules and set kernel parameters",
+        default=True,
+        help_text="Load the kernel modules RKE2 needs and, with a CIS profile, write and apply its kernel parameters; "
+        "off: only check them and name what is missing.",
+    )
     etcd_snapshot_interval_minutes = models.PositiveIntegerField(
         "etcd snapshot interval (minutes)",
         default=0,
