@@ -23,6 +23,7 @@ __all__ = ["RELAUNCH_PERMISSIONS", "job_relaunch", "relaunch_params", "relaunch_
 RELAUNCH_PERMISSIONS: dict[str, tuple[str, ...]] = {
     JobKind.SCALE_ADD: ("clusters.add_node", "clusters.add_job"),
     JobKind.SCALE_REMOVE: ("clusters.change_node", "clusters.add_job"),
+    JobKind.ETCD_RESTORE: ("clusters.add_job", "clusters.restore_etcdsnapshot"),
 }
 _DEFAULT_PERMISSIONS = ("clusters.add_job",)
 
@@ -41,11 +42,10 @@ def relaunch_params(job: Job, *, confirm: str = "") -> dict[str, Any]:
             and job.stage in INSTALL_STAGES
         )
         params["resume"] = bool(resumable)
-    if job.kind == JobKind.UNINSTALL:
+    if job.kind in (JobKind.UNINSTALL, JobKind.ETCD_RESTORE):
         if not confirm:
-            raise ValidationError(
-                {"confirm": [f"Type the cluster's name ({job.cluster.name}) to confirm the uninstall."]}
-            )
+            what = "uninstall" if job.kind == JobKind.UNINSTALL else "restore"
+            raise ValidationError({"confirm": [f"Type the cluster's name ({job.cluster.name}) to confirm the {what}."]})
         params["confirm"] = confirm
     return params
 
