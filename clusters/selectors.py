@@ -7,7 +7,18 @@ import re
 from collections.abc import Iterator
 from typing import TypedDict
 
-from django.db.models import BooleanField, Count, ExpressionWrapper, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models import (
+    BooleanField,
+    Count,
+    ExpressionWrapper,
+    IntegerField,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+    Subquery,
+)
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
 from .choices import ACTIVE_JOB_STATUSES, LIVE_NODE_STATUSES, SERVER_ROLES
@@ -25,6 +36,7 @@ __all__ = [
     "job_host_counts",
     "job_list",
     "job_stdout_chunks",
+    "node_count_subquery",
     "node_list",
     "strip_ansi",
 ]
@@ -75,8 +87,17 @@ class EventsPage(TypedDict):
     job: JobState
 
 
-def _live_nodes(prefix: str = "cluster_nodes") -> Q:
-    return Q(**{f"{prefix}__status__in": LIVE_NODE_STATUSES})
+def node_count_subquery(condition: Q) -> Coalesce:
+    """The number of the cluster's nodes matching ``condition``, as a correlated subquery: computed for the rows
+    a page shows (through the (cluster, status) index), not by joining and grouping every node of every cluster."""
+    counts = (
+        Node.objects.filter(condition, cluster=OuterRef("pk"))
+        .order_by()
+        .values("cluster")
+        .annotate(count=Count("pk"))
+        .values("count")
+    )
+    return Coalesce(Subquery(counts, output_field=IntegerField()), 0)
 
 
 def cluster_list() -> QuerySet[Cluster]:
@@ -85,15 +106,15 @@ def cluster_list() -> QuerySet[Cluster]:
     Annotations: ``node_count``, ``server_count``, ``agent_count`` (live nodes only), ``failed_node_count``,
     ``has_kubeconfig``, ``active_job_id``, ``active_job_kind``. The encrypted columns are not loaded.
     """
-    live = _live_nodes()
+    live = Q(status__in=LIVE_NODE_STATUSES)
     active_jobs = Job.objects.filter(cluster=OuterRef("pk"), status__in=ACTIVE_JOB_STATUSES).order_by("-pk")
     return (
         Cluster.objects.defer("token", "kubeconfig")
         .annotate(
-            node_count=Count("cluster_nodes", filter=live, distinct=True),
-            server_count=Count("cluster_nodes", filter=live & Q(cluster_nodes__role__in=SERVER_ROLES), distinct=True),
-            agent_count=Count("cluster_nodes", filter=live & ~Q(cluster_nodes__role__in=SERVER_ROLES), distinct=True),
-            failed_node_count=Count("cluster_nodes", filter=Q(cluster_nodes__status="failed"), distinct=True),
+            node_count=node_count_subquery(live),
+            server_count=node_count_subquery(live & Q(role__in=SERVER_ROLES)),
+            agent_count=node_count_subquery(live & ~Q(role__in=SERVER_ROLES)),
+            failed_node_count=node_count_subquery(Q(status="failed")),
             has_kubeconfig=ExpressionWrapper(~Q(kubeconfig=""), output_field=BooleanField()),
             active_job_id=Subquery(active_jobs.values("pk")[:1]),
             active_job_kind=Subquery(active_jobs.values("kind")[:1]),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.contrib import messages
+from django.contrib import admin, messages
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.http import HttpRequest, HttpResponseRedirect
 from django.urls import reverse
@@ -15,6 +15,7 @@ from ..exceptions import ApplicationError, JobConflict
 
 __all__ = [
     "SERVICE_ERRORS",
+    "ClusterListFilter",
     "ServiceErrorsMixin",
     "ServiceRejected",
     "badge",
@@ -131,3 +132,23 @@ class ServiceErrorsMixin:
             opts = self.model._meta  # type: ignore[attr-defined]
             message_service_error(request, exc, subject=f"The {opts.verbose_name} was not deleted")
             return HttpResponseRedirect(reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[object_id]))
+
+
+class ClusterListFilter(admin.RelatedFieldListFilter):
+    """The cluster filter of a changelist: the first ``max_choices`` clusters by name, and the one selected.
+
+    Listing every cluster (or every cluster that has rows, which scans the listed table) would cost more than
+    the page itself once there are thousands; any cluster can still be chosen from its own page or by searching
+    its name. Only names are read: no cluster row (and no encrypted column) is loaded."""
+
+    max_choices = 30
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> list[tuple[Any, str]]:
+        clusters = field.remote_field.model._default_manager.order_by("name", "pk")
+        choices = list(clusters.values_list("pk", "name")[: self.max_choices])
+        selected = [value for value in (self.lookup_val or []) if str(value).isdigit()]
+        shown = {str(pk) for pk, _name in choices}
+        missing = [value for value in selected if value not in shown]
+        if missing:
+            choices += list(clusters.filter(pk__in=missing).values_list("pk", "name"))
+        return choices

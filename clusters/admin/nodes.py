@@ -12,7 +12,7 @@ from django.utils.html import format_html
 
 from ..choices import NodeStatus
 from ..models import Node
-from .base import badge
+from .base import ClusterListFilter, badge
 from .operations import REQUEST_JOB
 
 __all__ = ["NodeAdmin"]
@@ -30,9 +30,10 @@ class NodeAdmin(admin.ModelAdmin):
         "installed_version",
         "last_job",
     )
-    list_filter = ("status", "role", ("cluster", admin.RelatedOnlyFieldListFilter))
+    list_filter = ("status", "role", ("cluster", ClusterListFilter))
     search_fields = ("hostname", "internal_ip", "external_ip", "cluster__name")
     list_select_related = ("cluster", "last_job")
+    show_full_result_count = False  # one count a page, not two
     actions = ["action_remove"]
     fields = (
         "cluster_link",
@@ -63,6 +64,15 @@ class NodeAdmin(admin.ModelAdmin):
 
     def has_delete_permission(self, request: HttpRequest, obj: Node | None = None) -> bool:
         return False  # nodes are removed by the “Remove nodes” operation
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Node]:
+        # The list shows names: the encrypted columns (each decrypted on load) stay in the database.
+        return (
+            super()
+            .get_queryset(request)
+            .select_related("cluster", "last_job")
+            .defer("running_config", "kept_config", "cluster__token", "cluster__kubeconfig")
+        )
 
     def has_remove_permission(self, request: HttpRequest) -> bool:
         return request.user.has_perms(["clusters.change_node", REQUEST_JOB])

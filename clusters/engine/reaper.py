@@ -385,25 +385,70 @@ def worker_started() -> None:
         logger.exception("could not reap the jobs of a previous worker")
 
 
-def job_events_purge(*, older_than_days: int | None = None, batch_size: int = 10000) -> int:
+def job_events_purge(*, older_than_days: int | None = None, batch_size: int = 5000, pause_seconds: float = 0.01) -> int:
     """Delete the events of jobs that finished more than ``older_than_days`` days ago (default:
     ``JOB_EVENT_RETENTION_DAYS``), in batches. The jobs and their per-host summaries stay; ``emitted_events``
-    becomes 0 and ``result["events_purged"]`` true. Returns the number of events deleted."""
+    becomes 0 and ``result["events_purged"]`` true. Returns the number of events deleted.
+
+    Every batch is one DELETE of about ``batch_size`` events in a transaction of its own, found through the
+    (job, counter) index: the events of as many small jobs as fit, or a range of counters of a large job. A pause
+    of ``pause_seconds`` follows each batch, so a live log never waits for more than one batch (on SQLite a batch
+    holds the only write lock; the pause lets waiting writers in)."""
     days = settings.JOB_EVENT_RETENTION_DAYS if older_than_days is None else older_than_days
     cutoff = timezone.now() - timedelta(days=days)
-    job_ids = list(
+    jobs = list(
         Job.objects.filter(finished_at__lt=cutoff, emitted_events__gt=0)
         .exclude(status__in=ACTIVE_JOB_STATUSES)
-        .values_list("pk", flat=True)
+        .order_by("pk")
+        .values_list("pk", "emitted_events")
     )
     deleted = 0
-    for job_id in job_ids:
-        while True:
-            ids = list(JobEvent.objects.filter(job_id=job_id).values_list("pk", flat=True)[:batch_size])
-            if not ids:
-                break
-            deleted += JobEvent.objects.filter(pk__in=ids).delete()[0]
-            time.sleep(0)
-        job = Job.objects.only("id", "result").get(pk=job_id)
-        Job.objects.filter(pk=job_id).update(emitted_events=0, result={**(job.result or {}), "events_purged": True})
+    group: list[int] = []
+    planned = 0
+
+    def purge_group() -> None:
+        nonlocal deleted, group, planned
+        if group:
+            deleted += JobEvent.objects.filter(job_id__in=group).delete()[0]
+            _mark_events_purged(group)
+            time.sleep(pause_seconds)
+        group, planned = [], 0
+
+    for job_id, emitted in jobs:
+        if emitted > batch_size:
+            deleted += _purge_job_by_counter(job_id, batch_size=batch_size, pause_seconds=pause_seconds)
+            _mark_events_purged([job_id])
+            continue
+        if planned + emitted > batch_size:
+            purge_group()
+        group.append(job_id)
+        planned += emitted
+    purge_group()
     return deleted
+
+
+def _purge_job_by_counter(job_id: int, *, batch_size: int, pause_seconds: float) -> int:
+    """Delete one job's events ``batch_size`` counters at a time (counters are dense; gaps are skipped)."""
+    deleted = 0
+    low = 0
+    while True:
+        count = JobEvent.objects.filter(job_id=job_id, counter__gt=low, counter__lte=low + batch_size).delete()[0]
+        deleted += count
+        low += batch_size
+        if count:
+            time.sleep(pause_seconds)
+            continue
+        following = (
+            JobEvent.objects.filter(job_id=job_id, counter__gt=low).order_by("counter").values_list("counter").first()
+        )
+        if following is None:
+            return deleted
+        low = following[0] - 1
+
+
+def _mark_events_purged(job_ids: list[int]) -> None:
+    jobs = list(Job.objects.filter(pk__in=job_ids).only("id", "result"))
+    for job in jobs:
+        job.emitted_events = 0
+        job.result = {**(job.result if isinstance(job.result, dict) else {}), "events_purged": True}
+    Job.objects.bulk_update(jobs, ["emitted_events", "result"], batch_size=200)
