@@ -7,7 +7,7 @@ from typing import Any
 from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet, Subquery
+from django.db.models import Exists, OuterRef, Q, QuerySet, Subquery
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.urls import reverse
 from django.utils.html import format_html, format_html_join
@@ -22,6 +22,7 @@ from ..choices import (
 from ..forms import ClusterForm, NodeInlineForm, NodeInlineFormSet, node_spec, service_error_dict
 from ..integrity import integrity_error_messages
 from ..models import CRITICAL_FIELDS, Cluster, Job, Node
+from ..selectors import node_count_subquery
 from ..services.adoption import adoption_differences, differences_text
 from ..services.audit import audit_record
 from ..services.clusters import (
@@ -101,12 +102,11 @@ class ActiveJobFilter(admin.SimpleListFilter):
         return queryset
 
 
-_LIVE = Q(cluster_nodes__status__in=[*LIVE_NODE_STATUSES, NodeStatus.DRAINING])
-_ROLE_COUNTS = {
-    f"nodes_{role.value}": Count("cluster_nodes", filter=_LIVE & Q(cluster_nodes__role=role)) for role in NodeRole
-}
+_LIVE = Q(status__in=[*LIVE_NODE_STATUSES, NodeStatus.DRAINING])
+# Correlated subqueries, computed for the page's rows only (a join would group every node of every cluster).
+_ROLE_COUNTS = {f"nodes_{role.value}": node_count_subquery(_LIVE & Q(role=role)) for role in NodeRole}
 _STATUS_COUNTS = {
-    f"nodes_{status.value}": Count("cluster_nodes", filter=Q(cluster_nodes__status=status))
+    f"nodes_{status.value}": node_count_subquery(Q(status=status))
     for status in NodeStatus
     if status != NodeStatus.REMOVED
 }
