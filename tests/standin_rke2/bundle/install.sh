@@ -29,6 +29,11 @@ fatal() {
     exit 1
 }
 
+STANDIN_INSTALL_LOG="${STANDIN_INSTALL_LOG:-/var/log/rke2-standin-install.log}"
+record() {
+    echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) $*" >> "${STANDIN_INSTALL_LOG}" 2>/dev/null || true
+}
+
 DEFAULT_TAR_PREFIX="/usr/local"
 
 setup_env() {
@@ -113,23 +118,31 @@ stage_local_checksums() {
     cp -f "${INSTALL_RKE2_ARTIFACT_PATH}/sha256sum-${ARCH}.txt" "${TMP_CHECKSUMS}"
 }
 
+# Like the real installer: the all-in-one image archive (rke2-images.linux-<arch>) is copied into the temporary
+# folder (mktemp, under /tmp), verified there, then moved to INSTALL_RKE2_AGENT_IMAGES_DIR; only when it exists are
+# the per-part archives (rke2-images-<part>.linux-<arch>...) copied along. Every archive it handles, and through
+# which folder, is recorded in STANDIN_INSTALL_LOG (tests read it: the real script has no such record).
 stage_local_airgap_images() {
+    record "artifact path ${INSTALL_RKE2_ARTIFACT_PATH}: $(cd "${INSTALL_RKE2_ARTIFACT_PATH}" && ls -A | tr '\n' ' ')"
     for image in "${INSTALL_RKE2_ARTIFACT_PATH}/rke2-images.${SUFFIX}.tar.zst" \
                  "${INSTALL_RKE2_ARTIFACT_PATH}/rke2-images.${SUFFIX}.tar.gz"; do
         [ -f "${image}" ] || continue
         name=$(basename "${image}")
+        info "staging airgap image tarball from ${image}"
+        cp -f "${image}" "${TMP_DIR}/rke2-images.tarball"
+        record "image archive ${name} copied through ${TMP_DIR}"
         expected=$(grep " ${name}\$" "${TMP_CHECKSUMS}" | awk '{print $1}')
-        if [ -n "${expected}" ] && [ "${expected}" != "$(sha256_of "${image}")" ]; then
+        if [ -n "${expected}" ] && [ "${expected}" != "$(sha256_of "${TMP_DIR}/rke2-images.tarball")" ]; then
             fatal "airgap image tarball ${name} sha256 does not match ${expected}"
         fi
-        info "staging airgap image tarball from ${image}"
+        info "installing airgap tarball to ${INSTALL_RKE2_AGENT_IMAGES_DIR}"
         mkdir -p "${INSTALL_RKE2_AGENT_IMAGES_DIR}"
-        cp -f "${image}" "${INSTALL_RKE2_AGENT_IMAGES_DIR}/${name}"
-        # Along with the main archive, the per-part archives of the release (rke2-images-<part>.linux-<arch>...).
+        mv -f "${TMP_DIR}/rke2-images.tarball" "${INSTALL_RKE2_AGENT_IMAGES_DIR}/${name}"
         for extra in "${INSTALL_RKE2_ARTIFACT_PATH}"/rke2-images-*."${SUFFIX}"*; do
             [ -f "${extra}" ] || continue
             info "installing airgap image from ${extra}"
             cp -f "${extra}" "${INSTALL_RKE2_AGENT_IMAGES_DIR}/"
+            record "image archive $(basename "${extra}") copied to ${INSTALL_RKE2_AGENT_IMAGES_DIR}"
         done
         return 0
     done
