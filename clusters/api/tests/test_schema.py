@@ -48,6 +48,8 @@ def test_schema_lists_every_endpoint(openapi):
         "/api/clusters/{id}/preflight/": {"post"},
         "/api/clusters/{id}/fetch-kubeconfig/": {"post"},
         "/api/clusters/{id}/health/": {"post"},
+        "/api/clusters/{id}/rotate-certificates/": {"post"},
+        "/api/clusters/{id}/node-labels/": {"post"},
         "/api/clusters/{id}/inventory/": {"get"},
         "/api/clusters/{id}/config/{hostname}/": {"get"},
         "/api/clusters/{id}/kubeconfig/": {"get"},
