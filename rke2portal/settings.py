@@ -244,7 +244,8 @@ READYZ_TIMEOUT_SECONDS = env.float("READYZ_TIMEOUT_SECONDS", default=2.0)
 JOB_EVENT_RETENTION_DAYS = env.int("JOB_EVENT_RETENTION_DAYS", default=90)
 ANSIBLE_DIR = Path(env("ANSIBLE_DIR", default=str(BASE_DIR / "ansible")))
 # How RKE2 reaches the hosts: "script" (the official install script, pinned version) or "airgap" (artifacts
-# copied from RKE2_AIRGAP_ARTIFACT_DIR on the worker, one sub-folder per version or the folder itself).
+# copied from RKE2_AIRGAP_ARTIFACT_DIR on the worker: one sub-folder per version, e.g. v1.31.4+rke2r1/, required;
+# install.sh there or in the folder itself).
 RKE2_INSTALL_METHOD = env("RKE2_INSTALL_METHOD", default="script")
 RKE2_INSTALL_SCRIPT_URL = env("RKE2_INSTALL_SCRIPT_URL", default="https://get.rke2.io")
 # Method "script" from an internal mirror: the URL prefix the install script downloads the release from (passed as
