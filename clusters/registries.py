@@ -28,6 +28,7 @@ __all__ = [
     "endpoint_problem",
     "file_path_problem",
     "registries_document",
+    "registries_variable",
     "registry_name_problem",
     "registry_secrets",
     "rewrite_problems",
@@ -180,3 +181,18 @@ def registry_secrets(registries: Iterable[Any]) -> list[str]:
             if value := reveal(getattr(registry, field)):
                 values.append(value)
     return values
+
+
+def registries_variable(document: Mapping[str, Any]) -> dict[str, Any]:
+    """``rke2_registries``, the form of :func:`registries_document` the playbooks get: registry names and rewrite
+    expressions become values (``name``, ``key``), never mapping keys, because an inventory or extravars file only
+    takes plain names as keys (values are passed untemplated; keys cannot be). ``templates/registries.yaml.j2``
+    turns it back into the document. Empty when there is no registry."""
+    if not document:
+        return {}
+    mirrors = []
+    for name, mirror in document.get("mirrors", {}).items():
+        rewrite = [{"key": key, "value": value} for key, value in mirror.get("rewrite", {}).items()]
+        mirrors.append({"name": name, "endpoint": list(mirror["endpoint"]), "rewrite": rewrite})
+    configs = [{"name": name, "config": config} for name, config in document.get("configs", {}).items()]
+    return {"mirrors": mirrors, "configs": configs}

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from clusters.fields import reveal
-from clusters.registries import registries_document
+from clusters.registries import registries_document, registries_variable
 
 from .configs import jinja_environment
 from .variables import ClusterSnapshot
@@ -30,4 +30,5 @@ def render_registries(snapshot: ClusterSnapshot, reveal_secrets: bool = False) -
         return ""
     if reveal_secrets:
         document = _revealed(document)  # type: ignore[assignment]
-    return jinja_environment().get_template(REGISTRIES_TEMPLATE).render({"rke2_registries": document})
+    variable = registries_variable(document)
+    return jinja_environment().get_template(REGISTRIES_TEMPLATE).render({"rke2_registries": variable})

@@ -38,7 +38,7 @@ from typing import Any
 from clusters.choices import LIVE_NODE_STATUSES, SERVER_ROLES, NodeRole, NodeStatus
 from clusters.fields import Secret, reveal
 from clusters.models import Cluster, Node, Registry, SSHCredential
-from clusters.registries import registries_document
+from clusters.registries import registries_document, registries_variable
 
 __all__ = [
     "DEFAULT_AGENT_CONFIG",
@@ -305,7 +305,7 @@ def load_credential(cluster: Cluster) -> SSHCredential | None:
 def extra_config(node: Node, cluster: Cluster) -> dict[str, Any]:
     """``rke2_extra_config`` of a node: defaults < cluster_vars < node_vars, without managed keys (and without
                 # The registries.yaml document, credentials as Secrets: a secret variable, like the token.
-                "rke2_registries": registries_document(self.registries or ()),
+                "rke2_registries": registries_variable(registries_document(self.registries or ())),
     server-only keys on agents)."""
     is_server = node.role in _SERVERS
     merged: dict[str, Any] = dict(DEFAULT_SERVER_CONFIG if is_server else DEFAULT_AGENT_CONFIG)
@@ -382,7 +382,8 @@ class VariableRenderer:
     def render_secret_vars(cluster: Cluster) -> dict[str, Any]:
         """Only the secret variables (``rke2_token``, ``rke2_registries``). One query (the registries)."""
         registries = Registry.objects.filter(cluster_id=cluster.pk).order_by("name")
-        return {"rke2_token": Secret(reveal(cluster.token)), "rke2_registries": registries_document(registries)}
+        document = registries_document(registries)
+        return {"rke2_token": Secret(reveal(cluster.token)), "rke2_registries": registries_variable(document)}
 
 
 def ordered_subset(

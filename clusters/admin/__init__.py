@@ -6,7 +6,7 @@ its result or its error.
 
 from django.contrib import admin
 
-from . import audit, clusters, credentials, hostkeys, jobs, nodes, snapshots, tokens, webhooks  # noqa: F401  (registers the model admins)
+from . import audit, clusters, credentials, hostkeys, jobs, nodes, registries, snapshots, tokens, webhooks  # noqa: F401  (registers the model admins)
 
 admin.site.site_header = "RKE2 Portal"
 admin.site.site_title = "RKE2 Portal"

@@ -29,6 +29,7 @@ ROOT_RESOURCES = {
     "host-keys": "clusters-api:host-key-list",
     "tokens": "clusters-api:api-token-list",
     "audit-log": "clusters-api:audit-log-list",
+    "registries": "clusters-api:registry-list",
     "webhooks": "clusters-api:webhook-list",
     "webhook-deliveries": "clusters-api:webhook-delivery-list",
     "schema": "api-schema",

@@ -7,6 +7,7 @@ from rest_framework.routers import SimpleRouter
 
 from .audit import AuditLogViewSet
 from .hostkeys import HostKeyViewSet
+from .registries import RegistryViewSet
 from .root import APIRootView
 from .snapshots import ClusterRestoreViewSet, ClusterSnapshotViewSet
 from .tokens import APITokenViewSet
@@ -23,6 +24,7 @@ router.register("host-keys", HostKeyViewSet, basename="host-key")
 router.register("tokens", APITokenViewSet, basename="api-token")
 router.register("audit-log", AuditLogViewSet, basename="audit-log")
 router.register("webhooks", WebhookViewSet, basename="webhook")
+router.register("registries", RegistryViewSet, basename="registry")
 router.register("webhook-deliveries", WebhookDeliveryViewSet, basename="webhook-delivery")
 
 urlpatterns = [

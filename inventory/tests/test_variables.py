@@ -36,6 +36,7 @@ def test_cluster_vars_have_the_contract_names(make_cluster):
         "rke2_cluster_dns",
         "rke2_cluster_domain",
         "rke2_tls_san",
+        "rke2_registries",
         "rke2_token",
     }
     assert variables["rke2_cluster_name"] == cluster.name
@@ -53,7 +54,7 @@ def test_token_is_marked_secret_and_split_off(make_cluster):
     assert reveal(token) == reveal(cluster.token) and len(reveal(token)) == 48
     assert str(token) == MASK and reveal(token) not in repr(variables)
     public, secret = split_secrets(variables)
-    assert "rke2_token" not in public and set(secret) == {"rke2_token"}
+    assert "rke2_token" not in public and set(secret) == {"rke2_token", "rke2_registries"}
     assert VariableRenderer.render_secret_vars(cluster) == {"rke2_token": reveal(cluster.token), "rke2_registries": {}}
 
 

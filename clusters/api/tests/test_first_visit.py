@@ -43,6 +43,7 @@ def test_api_root_lists_the_resources_without_authentication() -> None:
         "audit-log",
         "webhooks",
         "webhook-deliveries",
+        "registries",
         "schema",
         "docs",
     ):

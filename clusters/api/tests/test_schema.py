@@ -24,7 +24,7 @@ from .conftest import add_events, assert_no_secret, make_job, mark_installed
 
 pytestmark = pytest.mark.django_db
 
-SECRET_FIELDS = ("private_key", "passphrase", "token", "kubeconfig")
+SECRET_FIELDS = ("private_key", "passphrase", "token", "kubeconfig", "password", "identity_token")
 
 
 @pytest.fixture
@@ -74,6 +74,8 @@ def test_schema_lists_every_endpoint(openapi):
         "/api/webhooks/{id}/": {"get", "put", "patch", "delete"},
         "/api/webhook-deliveries/": {"get"},
         "/api/webhook-deliveries/{id}/": {"get"},
+        "/api/registries/": {"get", "post"},
+        "/api/registries/{id}/": {"get", "put", "patch", "delete"},
     }
     found = {path: set(item) - {"parameters"} for path, item in openapi["paths"].items()}
     assert found == expected
@@ -90,6 +92,8 @@ def test_secrets_are_write_only_in_the_schema(openapi):
             properties -= {"token"}
         assert not properties & set(SECRET_FIELDS), name
     assert {"private_key", "passphrase"} <= set(components["CredentialCreateRequest"]["properties"])
+    assert {"password", "auth", "identity_token"} <= set(components["RegistryInputRequest"]["properties"])
+    assert not {"password", "auth", "identity_token"} & set(components["RegistryOutput"]["properties"])
     text = yaml.safe_dump(openapi)
     assert "BEGIN OPENSSH" not in text
 
