@@ -8,6 +8,8 @@ Cluster variables: ``rke2_cluster_name``, ``rke2_version``, ``rke2_registration_
 and ``rke2_registries`` (the ``registries.yaml`` document, credentials as Secrets); they never go into an
 inventory, see :data:`SECRET_VARS`.
 
+``rke2_reachability_ports`` lists the ports preflight checks between nodes (:func:`reachability_ports`).
+
 Host variables: ``ansible_host``, ``ansible_port``, ``ansible_user``, ``ansible_become`` (the last three only when
 the cluster has an SSH credential), ``rke2_role``, ``rke2_type``, ``rke2_node_name``, ``rke2_node_ip``,
 ``rke2_node_external_ip`` (only when the node has one), ``rke2_node_labels``, ``rke2_node_taints`` and
@@ -39,6 +41,7 @@ from clusters.choices import LIVE_NODE_STATUSES, SERVER_ROLES, NodeRole, NodeSta
 from clusters.fields import Secret, reveal
 from clusters.models import Cluster, Node, Registry, SSHCredential
 from clusters.registries import registries_document, registries_variable
+from inventory import ports as rke2_ports
 
 __all__ = [
     "DEFAULT_AGENT_CONFIG",
@@ -154,6 +157,27 @@ def is_server_only_key(key: str) -> bool:
     """Whether an RKE2 config key is a server flag that agents do not know (``key+`` counts as ``key``)."""
     base = key.rstrip("+")
     return base in _SERVER_ONLY_KEYS or base.startswith(_SERVER_ONLY_PREFIXES)
+
+
+def reachability_ports(cni: str) -> list[dict[str, Any]]:
+    """The ports preflight checks between nodes (from :mod:`inventory.ports`): ``{port, protocol, listeners,
+    sources}``, ``listeners`` being the nodes that listen on the port and ``sources`` the nodes that must reach it
+    (``servers`` or ``all``): supervisor and API on every server from every node, etcd client and peer between
+    servers, the kubelet on every node from every node, and the CNI's overlay (UDP) between every pair."""
+    checked = [rke2_ports.SUPERVISOR, rke2_ports.KUBE_API, rke2_ports.ETCD_CLIENT, rke2_ports.ETCD_PEER]
+    checked.append(rke2_ports.KUBELET)
+    if (overlay := rke2_ports.overlay_port(cni)) is not None:
+        checked.append(overlay)
+    return [
+        {
+            "port": port.port,
+            "protocol": port.protocol,
+            "listeners": "servers" if port in rke2_ports.SERVER_PORTS else "all",
+            "sources": port.peers,
+            "purpose": port.purpose,
+        }
+        for port in checked
+    ]
 
 
 def server_url(address: str) -> str:
@@ -281,6 +305,7 @@ class ClusterSnapshot:
                 "rke2_cluster_dns": _text(cluster.cluster_dns),
                 "rke2_cluster_domain": _text(cluster.cluster_domain),
                 "rke2_tls_san": self.tls_san(),
+                "rke2_reachability_ports": reachability_ports(_text(cluster.cni)),
                 "rke2_token": Secret(reveal(cluster.token)),
             }
         return dict(self._cluster_vars)

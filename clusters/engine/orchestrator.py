@@ -42,7 +42,7 @@ from ..choices import (
 from ..exceptions import ApplicationError
 from ..fields import reveal
 from ..models import Cluster, Job, JobHostSummary, Node
-from ..services import adoption, artifacts, node_labels
+from ..services import adoption, artifacts, node_labels, preflight
 from ..services.health import health_record
 from ..services.snapshots import PLAYBOOKS as SNAPSHOT_PLAYBOOKS
 from ..services.snapshots import SNAPSHOT_STAGES, snapshots_record, stage_inventory_nodes, stage_vars
@@ -202,8 +202,8 @@ class StageOrchestrator:
             self._stage_failed(stage, outcome, result.node_ids)
             if outcome.status == "canceled":
                 return JobStatus.CANCELED, self._cancel_explanation(stage)
-            return JobStatus.FAILED, f"Stage {stage} failed: {outcome.explanation}".strip() + self._warnings_text()
-        return JobStatus.SUCCESSFUL, self._success_explanation() + self._warnings_text()
+            return JobStatus.FAILED, f"Stage {stage} failed: {outcome.explanation}".strip() + self._findings_text()
+        return JobStatus.SUCCESSFUL, self._success_explanation() + self._findings_text()
 
     # One stage.
 
@@ -543,6 +543,10 @@ class StageOrchestrator:
             done = f" after stage {stage}" if self.results else ""
             return f"Canceled{who}{done}; stage {next_stage} did not start."
         return f"Canceled{who} during stage {stage}; the playbook was stopped."
+
+    def _findings_text(self) -> str:
+        """What preflight found (unreachable pairs and ports, RKE2 already on the nodes), then the warnings."""
+        return preflight.preflight_text(self.facts) + self._warnings_text()
 
     def _warnings_text(self) -> str:
         """What the playbooks warned about (kernel modules or parameters a host lacks, say), one sentence per host."""

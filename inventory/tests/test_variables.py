@@ -36,6 +36,7 @@ def test_cluster_vars_have_the_contract_names(make_cluster):
         "rke2_cluster_dns",
         "rke2_cluster_domain",
         "rke2_tls_san",
+        "rke2_reachability_ports",
         "rke2_registries",
         "rke2_token",
     }
