@@ -16,6 +16,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
+from django.urls import reverse
 from rest_framework.test import APIClient
 
 from clusters.choices import JobKind, JobStatus
@@ -148,3 +149,15 @@ def test_the_setting_must_be_set(settings: Any) -> None:
     settings.RKE2_AIRGAP_ARTIFACT_DIR = ""
     with pytest.raises(AirgapArtifactsError, match="RKE2_AIRGAP_ARTIFACT_DIR"):
         check_airgap_artifacts(V1, "canal")
+
+
+@pytest.mark.django_db
+def test_the_admin_install_names_the_missing_version_folder(airgap, admin_client: Any, sent) -> None:
+    cluster = make_cluster(servers=1, ssh_credential=make_credential(), rke2_version=V2)
+    page = admin_client.get(reverse("admin:clusters_cluster_install", args=[cluster.pk]))
+    assert f"No air-gap artifacts for RKE2 {V2}" in page.content.decode()
+    response = admin_client.post(reverse("admin:clusters_cluster_install", args=[cluster.pk]), {})
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert f"No air-gap artifacts for RKE2 {V2}" in html and str(airgap / V2) in html
+    assert not Job.objects.exists() and sent == []

@@ -123,7 +123,8 @@ def bench(systemd_host_network: HostNetwork) -> Iterator[Bench]:
     network = systemd_host_network
     work_dir = Path(tempfile.mkdtemp(prefix="start-failures-", dir=network.run_dir))
     hosts = {host.name: host for host in network.add_hosts(names=["f1", "d1", "d2"])}
-    bundle = build_bundle(work_dir / "bundle", VERSION, **STANDIN_KNOBS)
+    # One folder per version, as RKE2_AIRGAP_ARTIFACT_DIR wants: the portal uses the parent, playbooks the folder.
+    bundle = build_bundle(work_dir / "airgap" / VERSION, VERSION, **STANDIN_KNOBS)
     runner = PlaybookRunner(
         work_dir=work_dir, ssh_key=network.private_key_text, envvars=network.ansible_env(control_path_dir=work_dir)
     )
@@ -211,7 +212,7 @@ def test_kernel_parameters_a_container_cannot_set(bench: Bench) -> None:
 def test_install_kubeconfig_and_uninstall_with_a_data_dir(bench: Bench, settings: Any) -> None:
     """Jobs run by the engine, as a worker runs them: install, fetch the kubeconfig, uninstall."""
     settings.RKE2_INSTALL_METHOD = "airgap"
-    settings.RKE2_AIRGAP_ARTIFACT_DIR = str(bench.bundle)
+    settings.RKE2_AIRGAP_ARTIFACT_DIR = str(bench.bundle.parent)
     settings.RKE2_START_TIMEOUT_SECONDS = START_TIMEOUT
     settings.JOBS_WORK_DIR = Path(tempfile.mkdtemp(prefix="jd-"))
     settings.JOB_CANCEL_POLL_SECONDS = 0.5

@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from .build import KNOB_NAMES, BundleError, build_bundle
+from .build import ARCHES, KNOB_NAMES, BundleError, build_bundle
 
 
 def main(argv=None):
@@ -12,13 +12,15 @@ def main(argv=None):
     build = sub.add_parser("build", help="write an airgap artifact directory")
     build.add_argument("dest", help="directory to write (created if missing)")
     build.add_argument("--version", required=True, help="rke2 version, e.g. v1.31.4+rke2r1")
-    build.add_argument("--arch", default="amd64")
+    build.add_argument(
+        "--arch", action="append", choices=ARCHES, help="architecture whose files are written (repeat; default amd64)"
+    )
     for key in KNOB_NAMES:
         build.add_argument("--" + key.replace("_", "-"), type=float, default=None, metavar="SECONDS")
     args = parser.parse_args(argv)
     knobs = {key: getattr(args, key) for key in KNOB_NAMES}
     try:
-        path = build_bundle(args.dest, args.version, args.arch, **knobs)
+        path = build_bundle(args.dest, args.version, arches=args.arch or ["amd64"], **knobs)
     except BundleError as exc:
         parser.error(str(exc))
     sys.stdout.write("%s\n" % path)
