@@ -4,7 +4,9 @@ on the ports they must reach (from the portal's port table), a duplicate machine
 Preflight jobs are requested through the service and run in this process by the engine (``job_execute``), as a
 worker runs them. Ports are blocked with nftables inside one host's own network namespace (``block_port``): the
 job fails naming exactly the pairs and the port that cannot be reached, in its explanation and in its structured
-result (``result["facts"]["rke2_preflight_unreachable"]``); once unblocked, it passes.
+result (``result["facts"]["rke2_preflight_unreachable"]``); once unblocked, it passes. Ports a running RKE2 holds
+(a stand-in process with RKE2's command line) count as listening. The clock skew thresholds are checked by running
+the playbook with lower ones (the hosts' clocks cannot be set).
 
 Cluster: two servers (m1 initial master, m2) and two agents (w1, w2), CNI canal (overlay 8472/udp).
 """
@@ -27,7 +29,10 @@ from clusters.models import Cluster, Job
 from clusters.services.clusters import cluster_create
 from clusters.services.credentials import credential_create
 from clusters.services.jobs import job_request
+from inventory.renderers import InventoryRenderer
 from tests.testhosts.harness import Host, HostNetwork
+
+from .playbooks import PlaybookRunner
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -252,3 +257,37 @@ def _wait_listening(host: Host, port: int) -> None:
             return
         time.sleep(0.2)
     raise AssertionError(f"nothing listens on {port} on {host.name}")
+
+
+def test_clock_skew_above_the_thresholds_warns_then_fails(portal: Site) -> None:
+    """The thresholds are the role's defaults (30 s, 5 min); set to zero, any skew is above them."""
+    cluster = portal.cluster("clock", [(M1, "initial_master"), (W1, "worker")])
+    runner = PlaybookRunner(
+        work_dir=Path(tempfile.mkdtemp(prefix="clock-", dir=portal.network.run_dir)),
+        ssh_key=portal.network.private_key_text,
+        envvars=portal.network.ansible_env(),
+    )
+    rendered = InventoryRenderer.render_for_operation(cluster)
+    try:
+        warned = runner.run("preflight.yml", rendered, {"rke2_preflight_skew_warn_seconds": 0})
+        failed = runner.run(
+            "preflight.yml",
+            rendered,
+            {"rke2_preflight_skew_warn_seconds": 0, "rke2_preflight_skew_error_seconds": 0},
+        )
+    finally:
+        runner.cleanup()
+
+    assert warned.status == "successful", warned.describe()
+    warnings = warned.artifact_data["rke2_warnings"]
+    assert set(warnings) == {M1, W1}
+    for name in (M1, W1):
+        assert "the controller's (more than 0 s): synchronise time (NTP) on every node." in warnings[name][0]
+        assert abs(warned.artifact_data["rke2_preflight_hosts"][name]["clock_skew_seconds"]) < 30
+
+    assert failed.status == "failed"
+    failures = failed.failures()
+    assert len(failures) == 2, failures
+    for name in (M1, W1):
+        assert any(line.startswith(f"{name}: Check the clock skew: The clock of {name} is ") for line in failures)
+    assert all("(more than 0 s): certificates would not be valid between the nodes" in line for line in failures)
