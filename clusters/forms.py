@@ -187,13 +187,15 @@ class NodeForm(forms.ModelForm):
 
 
 class NodeInlineForm(NodeForm):
-    """A node row of the cluster page. Only pending nodes (not yet installed) can be edited."""
+    """A node row of the cluster page. Only pending nodes (not yet installed) can be edited, except the labels and
+    taints of an active node: a job applies them to the running node (``clusters.services.node_labels``)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.instance.pk and self.instance.status != NodeStatus.PENDING:
-            for field in self.fields.values():
-                field.disabled = True
+            for name, field in self.fields.items():
+                if not (self.instance.status == NodeStatus.ACTIVE and name in ("labels", "taints")):
+                    field.disabled = True
 
 
 class NodeInlineFormSet(forms.BaseInlineFormSet):

@@ -341,3 +341,24 @@ def test_admin_cluster_list_shows_health_and_its_age_and_job_list_hides_syncs(cl
     assert "Health check #" in jobs and "Health sync (scheduled) #" not in jobs
     shown = client.get(reverse("admin:clusters_job_changelist"), {"health_syncs": "only"}).content.decode()
     assert "Health sync (scheduled) #" in shown
+
+
+def test_admin_label_change_on_a_running_node_requests_the_job_or_is_refused_while_a_job_runs(
+    cluster: Cluster, admin_client: Any
+) -> None:
+    from clusters.tests.test_admin import change_url, cluster_post_data
+
+    index = list(cluster.cluster_nodes.order_by("pk").values_list("hostname", flat=True)).index("alpha-w1")
+    Job.objects.create(cluster=cluster, kind=JobKind.UPGRADE, status=JobStatus.RUNNING)
+    data = cluster_post_data(cluster)
+    data[f"cluster_nodes-{index}-labels"] = "tier=web"
+    refused = admin_client.post(change_url(cluster), data)
+    assert refused.status_code == 200 and "active job" in refused.content.decode()
+    assert Node.objects.get(hostname="alpha-w1").labels == []
+
+    Job.objects.filter(cluster=cluster).update(status=JobStatus.SUCCESSFUL)
+    answer = admin_client.post(change_url(cluster), data)
+    assert answer.status_code == 302
+    assert Node.objects.get(hostname="alpha-w1").labels == ["tier=web"]
+    job = Job.objects.get(cluster=cluster, kind=JobKind.NODE_LABELS)
+    assert job.params == {"hostname": "alpha-w1", "previous_labels": [], "previous_taints": []}
