@@ -115,7 +115,10 @@ _STATUS_COUNTS = {
 def annotate_cluster_list(queryset: QuerySet[Cluster]) -> QuerySet[Cluster]:
     """Node counts by role and status and the last job, so that the list costs the same few queries for any
     number of clusters."""
-    last_job = Job.objects.filter(cluster=OuterRef("pk")).order_by("-created_at", "-pk")
+    # Scheduled health syncs are not what an operator looks for here (the health column shows what they found).
+    last_job = (
+        Job.objects.filter(cluster=OuterRef("pk")).exclude(kind=JobKind.HEALTH_SYNC).order_by("-created_at", "-pk")
+    )
     return queryset.annotate(
         **_ROLE_COUNTS,
         **_STATUS_COUNTS,
@@ -251,6 +254,7 @@ class ClusterAdmin(
                 },
             ),
             ("Extra RKE2 configuration", {"fields": ("cluster_vars",), "classes": ("collapse",)}),
+            ("Host preparation", {"fields": ("prepare_firewall", "prepare_network_manager", "prepare_kernel")}),
         ]
         if obj is not None and (obj.adoption_required or obj.adoption_report):
             fieldsets.append(("Adoption", {"fields": ("adoption_state", "adoption_differences")}))
@@ -410,7 +414,11 @@ class ClusterAdmin(
                 messages.warning(request, warning)
 
     def _cluster_page_context(self, request: HttpRequest, cluster: Cluster) -> dict[str, Any]:
-        jobs = list(cluster.jobs.select_related("requested_by").order_by("-created_at", "-pk")[:RECENT_JOBS])
+        jobs = list(
+            cluster.jobs.select_related("requested_by")
+            .exclude(kind=JobKind.HEALTH_SYNC)
+            .order_by("-created_at", "-pk")[:RECENT_JOBS]
+        )
         active = next((job for job in jobs if job.is_active), None)
         if active is None:
             active = cluster.jobs.filter(status__in=ACTIVE_JOB_STATUSES).first()

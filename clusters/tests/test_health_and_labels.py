@@ -337,6 +337,11 @@ def test_admin_cluster_list_shows_health_and_its_age_and_job_list_hides_syncs(cl
     listing = client.get(reverse("admin:clusters_cluster_changelist")).content.decode()
     assert "Not Ready: alpha-w2." in listing and "7\xa0minutes ago" in listing
     Job.objects.create(cluster=cluster, kind=JobKind.HEALTH, status=JobStatus.SUCCESSFUL)
+    Job.objects.create(cluster=cluster, kind=JobKind.HEALTH_SYNC, status=JobStatus.SUCCESSFUL)
+    listing = client.get(reverse("admin:clusters_cluster_changelist")).content.decode()
+    assert "Health check #" in listing and "Health sync (scheduled) #" not in listing  # the last job column
+    page = client.get(reverse("admin:clusters_cluster_change", args=[cluster.pk])).content.decode()
+    assert "Health check #" in page and "Health sync (scheduled) #" not in page  # the recent jobs
     jobs = client.get(reverse("admin:clusters_job_changelist")).content.decode()
     assert "Health check #" in jobs and "Health sync (scheduled) #" not in jobs
     shown = client.get(reverse("admin:clusters_job_changelist"), {"health_syncs": "only"}).content.decode()
