@@ -39,6 +39,7 @@ from django.utils.dateparse import parse_datetime
 from ..choices import (
     ACTIVE_JOB_STATUSES,
     FINISHED_JOB_STATUSES,
+    SERVER_ROLES,
     ClusterStatus,
     JobKind,
     JobStatus,
@@ -172,7 +173,7 @@ def health_sync_candidates() -> list[Cluster]:
 def health_sync_request(cluster: Cluster) -> Job | None:
     """Create a pending health sync of ``cluster`` and hand it to a worker after commit; None when the cluster got
     an active job meanwhile (the database allows one per cluster) or has no live server to ask."""
-    if not cluster.cluster_nodes.filter(status=NodeStatus.ACTIVE, role__in=("initial_master", "master")).exists():
+    if not cluster.cluster_nodes.filter(status=NodeStatus.ACTIVE, role__in=SERVER_ROLES).exists():
         return None
     try:
         with transaction.atomic():
