@@ -26,6 +26,8 @@ PLAYBOOKS = (
     "uninstall.yml",
     "health.yml",
     "adopt.yml",
+    "cert_rotate.yml",
+    "node_labels.yml",
     "etcd_snapshot.yml",
     "etcd_restore.yml",
 )
