@@ -41,7 +41,8 @@ from ..choices import (
 )
 from ..exceptions import ApplicationError
 from ..fields import reveal
-from ..models import Cluster, Job, JobHostSummary, Node
+from ..models import Cluster, Job, JobHostSummary, Node, Registry
+from ..registries import registry_secrets
 from ..services import adoption, artifacts, node_labels, preflight
 from ..services.health import health_record
 from ..services.snapshots import PLAYBOOKS as SNAPSHOT_PLAYBOOKS
@@ -122,6 +123,7 @@ class StageOrchestrator:
                 self.ssh.private_key,
                 self.ssh.passphrase,
                 *_kubeconfig_secrets(reveal(self.cluster.kubeconfig)),
+                *registry_secrets(Registry.objects.filter(cluster_id=self.cluster.pk)),
             ]
         )
         self.writer = EventWriter(
