@@ -58,10 +58,11 @@ class Site:
     network: HostNetwork
     hosts: dict[str, Host]
 
-    def cluster(self, name: str, nodes: Sequence[tuple[str, str]] = ROLES) -> Cluster:
+    def cluster(self, name: str, nodes: Sequence[tuple[str, str]] = ROLES, *, user: str = "root") -> Cluster:
         credential = credential_create(
-            name=f"{name}-root",
-            username="root",
+            name=f"{name}-{user}",
+            username=user,
+            become=user != "root",
             private_key=self.network.private_key_text,
             known_hosts=self.network.known_hosts_text,
         )
@@ -138,6 +139,16 @@ def test_preflight_passes_when_every_pair_reaches_each_other(portal: Site) -> No
     for host in portal.hosts.values():
         assert 9345 not in _listening(host), host.name
         assert host.run(["test", "-e", "/run/rke2-preflight-listeners.pid"]).returncode != 0
+
+
+def test_listeners_started_through_sudo_serve_after_the_login_ends(portal: Site) -> None:
+    cluster = portal.cluster("sudo", [(M1, "initial_master"), (W1, "worker")], user="deploy")
+
+    job = run_preflight(cluster)
+
+    assert job.status == JobStatus.SUCCESSFUL, job.explanation
+    assert unreachable(job) == set()
+    assert job.result["facts"]["rke2_preflight_hosts"][W1]["probes"] == 2 + len(NODE_PORTS)
 
 
 def test_a_blocked_supervisor_port_names_exactly_the_pairs_that_cannot_reach_it(portal: Site) -> None:
