@@ -9,6 +9,9 @@ and ``rke2_registries`` (the ``registries.yaml`` document, credentials as Secret
 inventory, see :data:`SECRET_VARS`.
 
 ``rke2_reachability_ports`` lists the ports preflight checks between nodes (:func:`reachability_ports`).
+``rke2_prepare_firewall``, ``rke2_prepare_network_manager`` and ``rke2_prepare_kernel`` switch the parts of host
+preparation (role ``rke2_host_prep``); the host variable ``rke2_firewall_ports`` lists the ports the node's firewall
+opens (:func:`firewall_ports`).
 
 Host variables: ``ansible_host``, ``ansible_port``, ``ansible_user``, ``ansible_become`` (the last three only when
 the cluster has an SSH credential), ``rke2_role``, ``rke2_type``, ``rke2_node_name``, ``rke2_node_ip``,
@@ -180,6 +183,16 @@ def reachability_ports(cni: str) -> list[dict[str, Any]]:
     ]
 
 
+def firewall_ports(rke2_type: str, cni: str) -> list[dict[str, Any]]:
+    """The ports a node of ``rke2_type`` listens on for the cluster's CNI (from :mod:`inventory.ports`), which host
+    preparation opens in its firewall: ``{port, end, protocol, spec, purpose}``, ``spec`` being ``6443/tcp`` or
+    ``30000-32767/tcp``."""
+    return [
+        {"port": port.port, "end": port.end, "protocol": port.protocol, "spec": port.spec, "purpose": port.purpose}
+        for port in rke2_ports.listening_ports(rke2_type, cni)
+    ]
+
+
 def server_url(address: str) -> str:
     """The supervisor URL joining nodes register against: ``https://<address>:9345`` (IPv6 in brackets)."""
     if not address:
@@ -240,6 +253,7 @@ class ClusterSnapshot:
     nodes: list[Node]
     credential: SSHCredential | None
     _cluster_vars: dict[str, Any] | None = field(default=None, repr=False)
+    registries: list[Registry] | None = field(default=None, repr=False)
 
     @classmethod
     def load(cls, cluster: Cluster) -> ClusterSnapshot:
@@ -262,7 +276,6 @@ class ClusterSnapshot:
     def live_servers(self) -> list[Node]:
         return [node for node in self.live_nodes if node.role in _SERVERS]
 
-    registries: list[Registry] | None = field(default=None, repr=False)
     def registration_address(self) -> str:
         """The fixed registration address, or the internal IP of the initial master (of the best remaining server
         when the initial master is gone or leaving)."""
@@ -306,7 +319,12 @@ class ClusterSnapshot:
                 "rke2_cluster_domain": _text(cluster.cluster_domain),
                 "rke2_tls_san": self.tls_san(),
                 "rke2_reachability_ports": reachability_ports(_text(cluster.cni)),
+                "rke2_prepare_firewall": bool(cluster.prepare_firewall),
+                "rke2_prepare_network_manager": bool(cluster.prepare_network_manager),
+                "rke2_prepare_kernel": bool(cluster.prepare_kernel),
                 "rke2_token": Secret(reveal(cluster.token)),
+                # The registries.yaml document, credentials as Secrets: a secret variable, like the token.
+                "rke2_registries": registries_variable(registries_document(self.registries or ())),
             }
         return dict(self._cluster_vars)
 
@@ -329,8 +347,6 @@ def load_credential(cluster: Cluster) -> SSHCredential | None:
 
 def extra_config(node: Node, cluster: Cluster) -> dict[str, Any]:
     """``rke2_extra_config`` of a node: defaults < cluster_vars < node_vars, without managed keys (and without
-                # The registries.yaml document, credentials as Secrets: a secret variable, like the token.
-                "rke2_registries": registries_variable(registries_document(self.registries or ())),
     server-only keys on agents)."""
     is_server = node.role in _SERVERS
     merged: dict[str, Any] = dict(DEFAULT_SERVER_CONFIG if is_server else DEFAULT_AGENT_CONFIG)
@@ -371,6 +387,7 @@ def node_vars(node: Node, *, cluster: Cluster, credential: SSHCredential | None)
     variables["rke2_node_labels"] = _plain(list(node.labels or []))
     variables["rke2_node_taints"] = _plain(list(node.taints or []))
     variables["rke2_extra_config"] = extra_config(node, cluster)
+    variables["rke2_firewall_ports"] = firewall_ports(variables["rke2_type"], _text(cluster.cni))
     return variables
 
 

@@ -328,6 +328,15 @@ class ClusterUpdateInput(serializers.Serializer):
     cluster_domain = StrictCharField(max_length=253, required=False)
     tls_san = serializers.ListField(child=StrictCharField(max_length=253), required=False, max_length=MAX_LIST_ITEMS)
     cluster_vars = RKE2ConfigField(required=False)
+    prepare_firewall = serializers.BooleanField(
+        required=False, help_text="Open exactly the RKE2 ports in an active firewalld, ufw or nftables (default true)."
+    )
+    prepare_network_manager = serializers.BooleanField(
+        required=False, help_text="Keep NetworkManager off the CNI interfaces, disable nm-cloud-setup (default true)."
+    )
+    prepare_kernel = serializers.BooleanField(
+        required=False, help_text="Load kernel modules and set kernel parameters (default true; off: only checked)."
+    )
     ssh_credential = serializers.PrimaryKeyRelatedField(
         queryset=SSHCredential.objects.defer("private_key", "passphrase"),
         required=False,
@@ -356,6 +365,9 @@ class ClusterOutput(serializers.Serializer):
     cluster_domain = serializers.CharField()
     tls_san = serializers.ListField(child=serializers.CharField())
     cluster_vars = RKE2ConfigField()
+    prepare_firewall = serializers.BooleanField()
+    prepare_network_manager = serializers.BooleanField()
+    prepare_kernel = serializers.BooleanField()
     ssh_credential = serializers.IntegerField(source="ssh_credential_id", allow_null=True)
     status = enum_field(ClusterStatus, "ClusterStatus")
     installation_stage = enum_field(InstallationStage, "InstallationStage")

@@ -40,6 +40,9 @@ CLUSTER_FIELDS = (
     "tls_san",
     "cluster_vars",
     "ssh_credential",
+    "prepare_firewall",
+    "prepare_network_manager",
+    "prepare_kernel",
 )
 # Accepted aliases for node roles: the legacy system's RKE2 types.
 _ROLE_ALIASES = {"server": "server", "agent": NodeRole.WORKER.value, "": ""}

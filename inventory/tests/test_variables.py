@@ -9,6 +9,7 @@ from inventory.variables import (
     DEFAULT_SERVER_CONFIG,
     ClusterSnapshot,
     VariableRenderer,
+    firewall_ports,
     is_server_only_key,
     server_url,
     split_secrets,
@@ -36,8 +37,11 @@ def test_cluster_vars_have_the_contract_names(make_cluster):
         "rke2_cluster_dns",
         "rke2_cluster_domain",
         "rke2_tls_san",
-        "rke2_reachability_ports",
         "rke2_registries",
+        "rke2_reachability_ports",
+        "rke2_prepare_firewall",
+        "rke2_prepare_network_manager",
+        "rke2_prepare_kernel",
         "rke2_token",
     }
     assert variables["rke2_cluster_name"] == cluster.name
@@ -146,6 +150,7 @@ def test_node_vars(make_cluster):
         "rke2_node_labels": ["zone=a"],
         "rke2_node_taints": ["dedicated=cp:NoSchedule"],
         "rke2_extra_config": dict(DEFAULT_SERVER_CONFIG),
+        "rke2_firewall_ports": firewall_ports("server", "canal"),
     }
     worker = VariableRenderer.render_node_vars(node(cluster, "w1"))
     assert worker["ansible_host"] == "10.0.1.1"
