@@ -134,16 +134,22 @@ def node_list(*, cluster: Cluster) -> QuerySet[Node]:
 
 
 def job_list() -> QuerySet[Job]:
-    """Jobs, newest first, with their cluster's name and requester loaded."""
-    return Job.objects.select_related("cluster", "requested_by").only(*_JOB_LIST_FIELDS).order_by("-created_at", "-pk")
+    """Jobs, newest first, with their requester and (in one more query) their clusters loaded.
+
+    The clusters are prefetched rather than joined: with a join, SQLite's planner starts from the clusters and
+    sorts every job to find the newest page; alone, the jobs are read in the order of their creation index."""
+    return (
+        Job.objects.select_related("requested_by")
+        .prefetch_related(Prefetch("cluster", queryset=Cluster.objects.defer("token", "kubeconfig")))
+        .only(*_JOB_LIST_FIELDS)
+        .order_by("-created_at", "-pk")
+    )
 
 
 _JOB_LIST_FIELDS = (
     "id",
     "public_id",
     "cluster_id",
-    "cluster__id",
-    "cluster__name",
     "kind",
     "status",
     "stages",
