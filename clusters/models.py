@@ -647,6 +647,8 @@ class AuditLog(models.Model):
         ordering = ["-created_at", "-pk"]
         verbose_name = "audit log entry"
         verbose_name_plural = "audit log"
+        # The log filtered by action (the API's action and action_prefix), newest first, without reading it all.
+        indexes = [models.Index(fields=["action", "-created_at"], name="clusters_audit_action_created")]
 
     def __str__(self) -> str:
         when = f"{self.created_at:%Y-%m-%d %H:%M:%S} " if self.created_at else ""
