@@ -28,6 +28,7 @@ from tests.standin_rke2.build import build_bundle
 from tests.testhosts.harness import Host, HostNetwork
 
 from .playbooks import PlaybookResult, PlaybookRunner
+from .test_start_failures import job_explanation
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
@@ -36,7 +37,9 @@ START_TIMEOUT = 120
 STANDIN_KNOBS = {"server_start_delay": 0.2, "agent_start_delay": 0.2, "heartbeat_interval": 1, "node_monitor_grace": 12}
 PASSWORD = "registry-pass-7c1e9a0d44"
 NEW_PASSWORD = "registry-pass-2b8f6e13aa"
-CIS_WRONG = {"kernel/panic": 0, "kernel/panic_on_oops": 0, "vm/overcommit_memory": 0, "vm/panic_on_oom": 0}
+CIS_WRONG = {"kernel/panic": 0, "kernel/panic_on_oops": 0, "vm/overcommit_memory": 0, "vm/panic_on_oom": 1}
+CIS_RIGHT = {"kernel/panic": 10, "kernel/panic_on_oops": 1, "vm/overcommit_memory": 1, "vm/panic_on_oom": 0}
+CIS_SYSCTL_FILE = "/etc/sysctl.d/60-rke2-cis.conf"
 
 
 class Bench:
@@ -58,7 +61,7 @@ class Bench:
             cluster.refresh_from_db()
         return cluster
 
-    def run(self, playbook: str, cluster: Cluster, stage: str | None = None) -> PlaybookResult:
+    def run(self, playbook: str, cluster: Cluster, stage: str | None = None, **job_vars: Any) -> PlaybookResult:
         rendered = (
             InventoryRenderer.render_for_stage(cluster, stage)
             if stage
@@ -68,6 +71,7 @@ class Bench:
             "rke2_install_method": "airgap",
             "rke2_airgap_artifact_dir": str(self.bundle),
             "rke2_start_timeout": START_TIMEOUT,
+            **job_vars,
         }
         return self.runner.run(playbook, rendered, variables)
 
@@ -175,35 +179,42 @@ def _bind_sysctls(host: Host, values: dict[str, int]) -> None:
 
 def _unbind_sysctls(host: Host) -> None:
     for name in CIS_WRONG:
-        host.run(["sh", "-c", f"umount /proc/sys/{name} 2>/dev/null; true"])
+        host.run(["sh", "-c", f"while umount /proc/sys/{name} 2>/dev/null; do :; done; true"])
 
 
 def test_cis_profile_prepares_the_host_and_starts(bench: Bench) -> None:
     host = bench.hosts["c1"]
     cluster = bench.cluster("cis", ["c1"], profile="cis")
-    _bind_sysctls(host, CIS_WRONG)
+    assert host.run(["id", "-u", "etcd"]).returncode != 0
     try:
-        assert host.run(["id", "-u", "etcd"], check=False).returncode != 0
+        # Without the preparation (kernel preparation switched off for the cluster) RKE2 refuses to start: the
+        # kernel parameters are right here, but the etcd user is missing, and the stand-in says so as RKE2 does.
+        _bind_sysctls(host, CIS_RIGHT)
+        refused = bench.run("initial_master.yml", cluster, "initial_master", rke2_prepare_kernel=False)
+        assert refused.status == "failed"
+        explanation = job_explanation(refused, "initial_master")
+        assert "missing required: user: unknown user etcd" in explanation, explanation
+        assert "rke2-server on c1 failed to start after" in explanation, explanation
+        assert host.run(["id", "-u", "etcd"]).returncode != 0
+        assert not host.path(CIS_SYSCTL_FILE).exists()
 
+        # With it, on a host whose kernel parameters are all wrong: prepared, and RKE2 starts.
+        _unbind_sysctls(host)
+        _bind_sysctls(host, CIS_WRONG)
         result = bench.run("initial_master.yml", cluster, "initial_master")
 
         assert result.status == "successful", result.describe()
         assert host.run(["id", "-u", "etcd"]).returncode == 0
         assert host.run(["getent", "group", "etcd"]).returncode == 0
-        conf = host.path("/etc/sysctl.d/60-rke2-cis.conf").read_text()
-        for line in ("vm.panic_on_oom", "vm.overcommit_memory", "kernel.panic", "kernel.panic_on_oops"):
-            assert line in conf
+        # RKE2's own file, copied.
+        assert (
+            host.path(CIS_SYSCTL_FILE).read_text()
+            == host.path("/usr/local/share/rke2/rke2-cis-sysctl.conf").read_text()
+        )
         values = {name: host.run(["cat", f"/proc/sys/{name}"]).stdout.strip() for name in CIS_WRONG}
-        assert values == {
-            "kernel/panic": "10",
-            "kernel/panic_on_oops": "1",
-            "vm/overcommit_memory": "1",
-            "vm/panic_on_oom": "0",
-        }
+        assert values == {name: str(value) for name, value in CIS_RIGHT.items()}
         assert host.systemctl("is-active", "rke2-server").stdout.strip() == "active"
-        stat = host.run(["stat", "-c", "%a", "/etc/rancher/rke2/config.yaml"]).stdout.strip()
-        assert stat == "600"
-        # RKE2 forces protect-kernel-defaults under the profile; the journal says it runs in CIS mode (no warning).
+        assert host.run(["stat", "-c", "%a", "/etc/rancher/rke2/config.yaml"]).stdout.strip() == "600"
         assert "not running in CIS mode" not in host.journal("rke2-server.service")
     finally:
         bench.run("uninstall.yml", cluster)
