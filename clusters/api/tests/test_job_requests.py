@@ -160,8 +160,13 @@ def test_upgrade(installed_cluster, post):
     response, enqueued = post(f"/api/clusters/{installed_cluster.pk}/upgrade/", {"target_version": "v1.32.1+rke2r1"})
 
     job = assert_accepted(response, enqueued, kind=JobKind.UPGRADE)
-    assert job.stages == ["upgrade"]
-    assert job.params == {"target_version": "v1.32.1+rke2r1", "allow_downgrade": False, "allow_minor_skip": False}
+    assert job.stages == ["etcd_snapshot", "upgrade"]
+    assert job.params == {
+        "target_version": "v1.32.1+rke2r1",
+        "allow_downgrade": False,
+        "allow_minor_skip": False,
+        "snapshot": True,
+    }
     assert len(enqueued) == 1
 
 
@@ -292,7 +297,7 @@ def test_scale_remove(installed_cluster, post):
     assert [(n["hostname"], n["status"]) for n in body["nodes"]] == [("node3", "draining")]
     job = Job.objects.get(pk=body["job"]["id"])
     assert job.kind == JobKind.SCALE_REMOVE
-    assert job.params == {"ungraceful": True}
+    assert job.params == {"ungraceful": True, "snapshot": True}
     assert len(enqueued) == 1
 
 

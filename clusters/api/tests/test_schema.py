@@ -74,6 +74,11 @@ def test_schema_lists_every_endpoint(openapi):
         "/api/webhooks/{id}/": {"get", "put", "patch", "delete"},
         "/api/webhook-deliveries/": {"get"},
         "/api/webhook-deliveries/{id}/": {"get"},
+        "/api/clusters/{cluster_pk}/etcd-snapshots/": {"get", "post"},
+        "/api/clusters/{cluster_pk}/etcd-snapshots/refresh/": {"post"},
+        "/api/clusters/{cluster_pk}/etcd-snapshots/prune/": {"post"},
+        "/api/clusters/{cluster_pk}/etcd-snapshots/schedule/": {"put"},
+        "/api/clusters/{cluster_pk}/etcd-restore/": {"post"},
         "/api/registries/": {"get", "post"},
         "/api/registries/{id}/": {"get", "put", "patch", "delete"},
     }

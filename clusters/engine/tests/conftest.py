@@ -42,6 +42,7 @@ STAGE_HOSTS = {
     "upgrade": "initial_master:joining_masters:workers",
     "uninstall": "initial_master:joining_masters:workers",
     "scale_remove": "remove",
+    "etcd_snapshot": "initial_master:joining_masters",
 }
 PLAYBOOK_FILES = {
     "preflight": "preflight.yml",
@@ -54,6 +55,7 @@ PLAYBOOK_FILES = {
     "scale_remove": "scale_remove.yml",
     "health": "health.yml",
     "fetch_kubeconfig": "kubeconfig.yml",
+    "etcd_snapshot": "etcd_snapshot.yml",
 }
 REPORTS_VERSION = {"initial_master", "joining_masters", "workers", "all", "upgrade"}
 
