@@ -574,7 +574,7 @@ def test_remove_nodes_confirmation_names_nodes_and_warns_about_quorum(admin_clie
     response = admin_client.post(op_url(installed, "remove_nodes"), {"hostnames": ["alpha-s3"], "ungraceful": "on"})
     job = Job.objects.get(cluster=installed)
     assert response["Location"] == reverse("admin:clusters_job_change", args=[job.pk])
-    assert job.kind == JobKind.SCALE_REMOVE and job.params == {"ungraceful": True}
+    assert job.kind == JobKind.SCALE_REMOVE and job.params == {"ungraceful": True, "snapshot": False}
     assert installed.cluster_nodes.get(hostname="alpha-s3").status == NodeStatus.DRAINING
 
 
@@ -625,6 +625,7 @@ def test_upgrade_form(admin_client: Any, installed: Cluster) -> None:
         "target_version": "v1.32.1+rke2r1",
         "allow_downgrade": False,
         "allow_minor_skip": False,
+        "snapshot": False,
         "workers_batch": "25%",
     }
 
