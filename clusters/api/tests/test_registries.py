@@ -198,9 +198,15 @@ def test_api_bad_input_is_a_400_naming_the_field(root: Any, cluster: Cluster) ->
     assert "u:p@" not in response.content.decode()
 
 
-def test_operators_without_the_permission_are_refused(api: Any, cluster: Cluster) -> None:
-    response = api.post("/api/registries/", {"cluster": cluster.pk, "name": "docker.io"}, format="json")
-    assert response.status_code == 403
+def test_operators_manage_registries_and_viewers_only_read_them(
+    api: Any, client_for: Callable[..., Any], viewer: Any, cluster: Cluster
+) -> None:
+    data = {"cluster": cluster.pk, "name": "docker.io", "username": "u", "password": PASSWORD}
+    assert api.post("/api/registries/", data, format="json").status_code == 201
+    reader = client_for(viewer)
+    listed = reader.get("/api/registries/")
+    assert listed.status_code == 200 and PASSWORD not in listed.content.decode()
+    assert reader.post("/api/registries/", {**data, "name": "quay.io"}, format="json").status_code == 403
 
 
 def test_admin_masks_the_credentials(registry: Registry, make_user: Callable[..., Any]) -> None:
