@@ -154,6 +154,7 @@ def rows(cluster: Cluster, **filters: Any) -> list[EtcdSnapshot]:
     return list(EtcdSnapshot.objects.filter(cluster=cluster, **filters).order_by("node_name", "name"))
 
 
+@pytest.mark.timeout(2400)  # nine jobs; a quarter of an hour or more when the machine is busy
 def test_snapshot_restore_schedule_prune_and_snapshots_before_upgrade_and_removal(portal: Site) -> None:
     hosts = portal.hosts
     credential = credential_create(
