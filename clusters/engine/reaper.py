@@ -42,7 +42,7 @@ from pathlib import Path
 import psutil
 import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Max, Q
 from django.utils import timezone
 
@@ -385,7 +385,9 @@ def worker_started() -> None:
         logger.exception("could not reap the jobs of a previous worker")
 
 
-def job_events_purge(*, older_than_days: int | None = None, batch_size: int = 5000, pause_seconds: float = 0.01) -> int:
+def job_events_purge(
+    *, older_than_days: int | None = None, batch_size: int = 5000, pause_seconds: float | None = None
+) -> int:
     """Delete the events of jobs that finished more than ``older_than_days`` days ago (default:
     ``JOB_EVENT_RETENTION_DAYS``), in batches. The jobs and their per-host summaries stay; ``emitted_events``
     becomes 0 and ``result["events_purged"]`` true. Returns the number of events deleted.
@@ -393,7 +395,11 @@ def job_events_purge(*, older_than_days: int | None = None, batch_size: int = 50
     Every batch is one DELETE of about ``batch_size`` events in a transaction of its own, found through the
     (job, counter) index: the events of as many small jobs as fit, or a range of counters of a large job. A pause
     of ``pause_seconds`` follows each batch, so a live log never waits for more than one batch (on SQLite a batch
-    holds the only write lock; the pause lets waiting writers in)."""
+    holds the only write lock; the pause lets waiting writers in). By default the pause is 10 ms, and 100 ms on
+    SQLite: a writer waiting for the lock sleeps up to 100 ms between attempts, and a shorter pause can miss it
+    again and again."""
+    if pause_seconds is None:
+        pause_seconds = 0.1 if connection.vendor == "sqlite" else 0.01
     days = settings.JOB_EVENT_RETENTION_DAYS if older_than_days is None else older_than_days
     cutoff = timezone.now() - timedelta(days=days)
     jobs = list(
