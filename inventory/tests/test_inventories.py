@@ -273,7 +273,7 @@ def test_secrets_never_reach_the_inventory(make_cluster):
     result = InventoryRenderer.render_for_stage(cluster, "all")
     token = reveal(cluster.token)
     inventory, secret_vars = result
-    assert set(secret_vars) == {"rke2_token"} and isinstance(secret_vars["rke2_token"], Secret)
+    assert set(secret_vars) == {"rke2_token", "rke2_registries"} and isinstance(secret_vars["rke2_token"], Secret)
     assert (
         token not in json.dumps(inventory)
         and token not in result.inventory_text()
