@@ -282,6 +282,7 @@ def test_secrets_never_reach_the_inventory(make_cluster):
     assert json.loads(result.extravars_text({"rke2_start_timeout": 300})) == {
         "rke2_start_timeout": 300,
         "rke2_token": {"__ansible_unsafe": token},
+        "rke2_registries": {},
     }
     inventory["all"]["vars"]["leaked"] = secret_vars["rke2_token"]
     with pytest.raises(ValueError, match="secret"):
