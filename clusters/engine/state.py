@@ -121,7 +121,7 @@ def nodes_record_versions(cluster_id: int, versions: Mapping[str, Any]) -> None:
 
 def nodes_apply_readiness(cluster_id: int, ready: Mapping[str, Any], job: Job) -> None:
     """Installed nodes (active or failed) become ``active`` when Kubernetes reports them Ready, ``failed``
-    otherwise (from set_stats ``rke2_node_ready``: {hostname: bool})."""
+    otherwise (from set_stats ``rke2_node_ready``: {hostname: bool}); their recorded Ready state follows."""
     now = timezone.now()
     installed = (NodeStatus.ACTIVE, NodeStatus.FAILED)
     ready_names = [str(name) for name, value in ready.items() if value is True]
@@ -129,11 +129,15 @@ def nodes_apply_readiness(cluster_id: int, ready: Mapping[str, Any], job: Job) -
     base = Node.objects.filter(cluster_id=cluster_id, status__in=installed)
     if ready_names:
         base.filter(hostname__in=ready_names).update(
-            status=NodeStatus.ACTIVE, last_error="", last_job=job, updated_at=now
+            status=NodeStatus.ACTIVE, k8s_ready=True, last_error="", last_job=job, updated_at=now
         )
     if not_ready:
         base.filter(hostname__in=not_ready).update(
-            status=NodeStatus.FAILED, last_error="The node is not Ready in Kubernetes.", last_job=job, updated_at=now
+            status=NodeStatus.FAILED,
+            k8s_ready=False,
+            last_error="The node is not Ready in Kubernetes.",
+            last_job=job,
+            updated_at=now,
         )
 
 
