@@ -30,6 +30,8 @@ PLAYBOOKS = (
     "node_labels.yml",
     "etcd_snapshot.yml",
     "etcd_restore.yml",
+    # Imported at the start of every playbook that installs: the air-gap artifacts checked on the controller.
+    "airgap_check.yml",
 )
 
 
@@ -46,7 +48,7 @@ def test_content_is_data_only() -> None:
 
 def test_roles_declare_their_arguments() -> None:
     roles = sorted(path.name for path in (ANSIBLE_DIR / "roles").iterdir() if path.is_dir())
-    assert roles == ["rke2_adopt", "rke2_agent", "rke2_common", "rke2_preflight", "rke2_server"]
+    assert roles == ["rke2_adopt", "rke2_agent", "rke2_common", "rke2_host_prep", "rke2_preflight", "rke2_server"]
     for role in roles:
         assert (ANSIBLE_DIR / "roles" / role / "meta" / "argument_specs.yml").is_file(), role
 
