@@ -342,7 +342,10 @@ def test_installed_cluster_freezes_version_critical_values_and_installed_nodes(
     for field in ("rke2_version", "cni", "cluster_cidr", "service_cidr", "cluster_dns", "cluster_domain"):
         assert field not in form.fields
     formset = response.context["inline_admin_formsets"][0].formset
-    assert all(node_form.fields[name].disabled for node_form in formset.forms for name in NODE_FIELDS)
+    # Labels and taints of a running node stay editable: a job applies them to the node.
+    frozen = [name for name in NODE_FIELDS if name not in ("labels", "taints")]
+    assert all(node_form.fields[name].disabled for node_form in formset.forms for name in frozen)
+    assert not any(node_form.fields["labels"].disabled for node_form in formset.forms)
     # An installed node is removed by the removal operation, not by deleting its row.
     data = cluster_post_data(installed)
     for field in ("rke2_version", "cni", "cluster_cidr", "service_cidr", "cluster_dns", "cluster_domain"):
