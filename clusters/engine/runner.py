@@ -283,10 +283,13 @@ class PlaybookRunner:
     def run(self, spec: PlaybookRun) -> RunOutcome:
         started = time.monotonic()
         private_dir = make_private_dir(self.work_dir, self.job_id)
+        # ssh's control sockets live in a short folder of their own: a socket path may not exceed 108 bytes, which
+        # a private folder under a long jobs folder (plus ssh's temporary suffix) easily does.
+        control_dir = Path(tempfile.mkdtemp(prefix="rke2cp-", dir="/tmp" if os.path.isdir("/tmp") else None))
         state = _RunState(offset=self.last_counter, stage=spec.stage, redactor=self.redactor)
         interrupted = True
         try:
-            outcome = self._run_in(private_dir, spec, state)
+            outcome = self._run_in(private_dir, spec, state, control_dir=control_dir)
             interrupted = False
         except Exception as exc:
             logger.exception("job %s: stage %s could not run", self.job_id, spec.stage)
@@ -294,8 +297,9 @@ class PlaybookRunner:
                 status="error", explanation=f"The playbook could not run: {self.redactor.text(str(exc))}"
             )
         finally:
-            self._stop_leftovers(private_dir, kill_playbook=interrupted)
+            self._stop_leftovers(private_dir, kill_playbook=interrupted, control_dir=control_dir)
             remove_private_dir(private_dir)
+            shutil.rmtree(control_dir, ignore_errors=True)
         self.last_counter = max(self.last_counter, state.max_counter)
         # Everything the outcome carries from Ansible's output is stored (job result, node errors, explanation):
         # masked here, before anything is cut to length.
@@ -317,7 +321,7 @@ class PlaybookRunner:
             return unlocked
         return _with_newline(self.ssh.private_key)
 
-    def _run_in(self, private_dir: Path, spec: PlaybookRun, state: _RunState) -> RunOutcome:
+    def _run_in(self, private_dir: Path, spec: PlaybookRun, state: _RunState, *, control_dir: Path) -> RunOutcome:
         for sub in ("inventory", "env", "cp", "tmp"):
             (private_dir / sub).mkdir(mode=0o700)
         inventory_path = private_dir / "inventory" / "hosts.json"
@@ -335,7 +339,7 @@ class PlaybookRunner:
         write_private_file(known_hosts_path, known_hosts_text(targets, pinned=self.ssh.known_hosts))
 
         envvars = {
-            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(private_dir / "cp"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir),
             "ANSIBLE_LOCAL_TEMP": str(private_dir / "tmp"),
             "ANSIBLE_HOST_KEY_CHECKING": "True",
             # ssh's ConnectTimeout: how long a new connection (or the control master's) may take to be set up.
@@ -460,18 +464,18 @@ class PlaybookRunner:
         state.host_errors.update({change.target.name: change.message for change in report.changed})
         return RunOutcome(status="failed", explanation=" ".join(change.message for change in report.changed))
 
-    def _stop_leftovers(self, private_dir: Path, *, kill_playbook: bool) -> None:
+    def _stop_leftovers(self, private_dir: Path, *, kill_playbook: bool, control_dir: Path | None = None) -> None:
         """Stop what the run may have left running: the playbook's process group (if the run was interrupted by
         an exception), SSH control masters and the ssh-agent (they refer to the private directory)."""
         pid = self.control.ansible_pid
         if kill_playbook and pid is not None:
             kill_process_group(pid)
         _release_fifo_writers(private_dir)
-        needle = str(private_dir)
+        needles = [str(private_dir)] + ([str(control_dir)] if control_dir is not None else [])
         for proc in psutil.process_iter(["pid", "cmdline"]):
             try:
                 cmdline = proc.info.get("cmdline") or []
-                if proc.pid != os.getpid() and any(needle in part for part in cmdline):
+                if proc.pid != os.getpid() and any(needle in part for part in cmdline for needle in needles):
                     proc.kill()
             except psutil.Error:
                 continue
