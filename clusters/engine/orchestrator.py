@@ -83,6 +83,9 @@ STAGE_GROUPS: Mapping[str, tuple[str, ...]] = {
     "scale_remove": ("remove",),
 }
 ALL_STAGE_GROUPS = ("initial_master", "joining_masters", "workers")
+# Stages whose playbooks render RKE2's config.yaml or registries.yaml: the only ones given the secret variables (join
+# token, registry credentials). Every other stage runs without them, so they are not in its private folder either.
+SECRET_STAGES = frozenset({*INSTALLING_STAGES, "all", "upgrade"})
 # Cluster status while a job of a kind runs (kinds not listed leave it alone).
 RUNNING_CLUSTER_STATUS: Mapping[str, str] = {
     JobKind.INSTALL: ClusterStatus.INSTALLING,
@@ -215,7 +218,8 @@ class StageOrchestrator:
             raise StageError(f"no playbook for stage {stage!r}.")
         rendered = self._inventory(stage)
         node_ids = self._stage_nodes(stage, rendered)
-        extravars = {**self._job_vars(), **stage_vars(self.job, stage), **rendered.secret_vars}
+        secret_vars = rendered.secret_vars if stage in SECRET_STAGES else {}
+        extravars = {**self._job_vars(), **stage_vars(self.job, stage), **secret_vars}
         fetch_kubeconfig = stage in ("fetch_kubeconfig", "cert_rotate") or (
             self.job.kind == JobKind.INSTALL and stage == "all"
         )

@@ -319,7 +319,24 @@ def test_secret_values_are_masked_in_stored_events(fake_project: FakeProject) ->
     assert shown.exists()
     for event in JobEvent.objects.filter(job=job):
         assert token not in event.stdout and token not in str(event.event_data)
-    assert all(f"token {MASK}" in event.stdout for event in shown)
+    given = shown.filter(stage__in=["initial_master", "all"])
+    assert given.exists() and all(f"token {MASK}" in event.stdout for event in given)
+
+
+def test_stages_that_render_no_configuration_get_no_secret_variables(fake_project: FakeProject) -> None:
+    cluster = install_cluster_with(masters=1, workers=1)
+    mark_installed(cluster)
+    fake_project.set(echo_token=True)
+
+    for kind in (JobKind.PREFLIGHT, JobKind.UPGRADE):
+        job = request(cluster, kind, {"target_version": "v1.32.1+rke2r1"} if kind == JobKind.UPGRADE else None)
+        assert job_execute(job_id=job.pk) == JobStatus.SUCCESSFUL, job.pk
+        shown = JobEvent.objects.filter(job=job, task="Show what the host is given", event="runner_on_ok")
+        assert shown.exists()
+        for event in shown:
+            expected = f"token {MASK}" if event.stage == "upgrade" else "token not given"
+            assert expected in event.stdout, (event.stage, event.stdout)
+    assert JobEvent.objects.filter(job=job, stage="upgrade", task="Show what the host is given").exists()
 
 
 def test_a_job_failed_by_a_reaper_stops_its_playbook_and_keeps_the_reapers_verdict(

@@ -42,8 +42,8 @@ def test_no_secret_in_arguments_environment_events_logs_or_files(
     credential = make_credential("guarded", private_key=key, passphrase=PASSPHRASE)
     cluster = make_cluster("guarded", servers=1, workers=1, ssh_credential=credential)
     token = reveal(cluster.token)
-    fake_project.set(sleep={"preflight": 3}, echo_token=True)
-    job = request(cluster, JobKind.PREFLIGHT)
+    fake_project.set(sleep={"initial_master": 3}, echo_token=True)
+    job = request(cluster, JobKind.INSTALL)
 
     thread, box = run_in_thread(job.pk)
     cmdlines: list[str] = []
