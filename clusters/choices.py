@@ -42,6 +42,8 @@ INSTALL_STAGES = (
     InstallationStage.WORKERS,
     InstallationStage.ALL,
 )
+# The stage an install or a scale-out runs first: hosts prepared, then every pair of nodes checked on RKE2's ports.
+REACHABILITY_STAGE = "reachability"
 
 
 class ClusterStatus(models.TextChoices):

@@ -331,6 +331,12 @@ class AddNodesForm(forms.Form):
         initial=True,
         help_text="Start a scale-out job that joins the new (and any other pending) nodes to the cluster.",
     )
+    skip_reachability = forms.BooleanField(
+        label="Skip the reachability check",
+        required=False,
+        help_text="Do not check first that every pair of nodes reaches the other on RKE2's ports (the hosts are "
+        "still prepared by the install itself). Only for networks the check cannot see through.",
+    )
 
 
 class InstallForm(forms.Form):
@@ -338,6 +344,12 @@ class InstallForm(forms.Form):
         label="Resume the failed install",
         required=False,
         help_text="Start at the stage where the last install failed instead of running every stage again.",
+    )
+    skip_reachability = forms.BooleanField(
+        label="Skip the reachability check",
+        required=False,
+        help_text="Do not check first that every pair of nodes reaches the other on RKE2's ports (the hosts are "
+        "still prepared by the install itself). Only for networks the check cannot see through.",
     )
 
 

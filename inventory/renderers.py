@@ -10,7 +10,8 @@ An inventory is a mapping (``{"all": {"vars": ..., "hosts": ..., "children": ...
   active ones first (each method says which); empty only in the ``initial_master`` stage before any server runs.
   Its name is also ``rke2_api_host`` ("" when there is none);
 - ``prepare``: nodes the stage may install RKE2 on ahead of their own stage, without configuring or starting it
-  (``render_for_stage`` of ``initial_master`` only: the masters and workers of the cluster not active yet);
+  (``render_for_stage`` of ``initial_master``: the masters and workers of the cluster not active yet), or whose
+  hosts are prepared before the reachability check (``render_for_reachability``: the live nodes not active yet);
 - ``remove``: scale-in targets (``render_for_scale_remove`` only).
 
 All groups are always present (possibly empty), so ``groups['workers']`` etc. are always defined. Besides the
@@ -269,6 +270,20 @@ class InventoryRenderer:
         node (or ``nodes``) in the stage group of its role and in its type group, and the best live server as API
         host (none only when the cluster has no live server). Same layout as stage ``all``."""
         return InventoryRenderer.render_for_stage(cluster, "all", nodes, snapshot=snapshot)
+
+    @staticmethod
+    def render_for_reachability(cluster: Cluster, *, snapshot: ClusterSnapshot | None = None) -> RenderedInventory:
+        """Inventory of the reachability check before an install or a scale-out: every live node in the stage group
+        of its role (existing nodes too: new nodes must reach them, and they the new ones), the live nodes that are
+        not active yet in ``prepare`` (their hosts are prepared first), and the best live server as API host."""
+        snapshot = _snapshot(cluster, snapshot)
+        prepare = [node for node in snapshot.live_nodes if node.status != NodeStatus.ACTIVE]
+        return _build(
+            snapshot,
+            stage_groups=_stage_groups(snapshot.live_nodes),
+            api_host=pick_api_host(snapshot.live_servers),
+            prepare=prepare,
+        )
 
     @staticmethod
     def render_all_stages(cluster: Cluster, *, snapshot: ClusterSnapshot | None = None) -> dict[str, RenderedInventory]:

@@ -162,7 +162,14 @@ class ClusterOperationsMixin:
         form = InstallForm(request.POST if request.method == "POST" else None)
         if request.method == "POST" and form.is_valid():
             response = self._request_job(
-                request, cluster, JobKind.INSTALL, {"resume": form.cleaned_data["resume"]}, form
+                request,
+                cluster,
+                JobKind.INSTALL,
+                {
+                    "resume": form.cleaned_data["resume"],
+                    "check_reachability": not form.cleaned_data["skip_reachability"],
+                },
+                form,
             )
             if response is not None:
                 return response
@@ -213,16 +220,17 @@ class ClusterOperationsMixin:
     ) -> HttpResponse | None:
         specs = [node_spec(node_form) for node_form in formset.filled_forms()]
         start_job = form.cleaned_data["start_job"] and cluster.is_bootstrapped
+        params = {"check_reachability": not form.cleaned_data["skip_reachability"]}
         if start_job and not request.user.has_perm(REQUEST_JOB):
             raise PermissionDenied
         job = None
         try:
             if specs and start_job:
-                added, job = cluster_scale_out(cluster=cluster, nodes=specs, actor=request.user)
+                added, job = cluster_scale_out(cluster=cluster, nodes=specs, params=params, actor=request.user)
             elif specs:
                 added = nodes_add(cluster=cluster, nodes=specs, actor=request.user)
             elif start_job:
-                added, job = [], job_request(cluster=cluster, kind=JobKind.SCALE_ADD, actor=request.user)
+                added, job = [], job_request(cluster=cluster, kind=JobKind.SCALE_ADD, params=params, actor=request.user)
             else:
                 formset.add_non_form_error("Enter at least one node.")
                 return None

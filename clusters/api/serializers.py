@@ -548,6 +548,11 @@ class InstallInput(_JobOptions):
     resume = StrictBooleanField(
         required=False, default=False, help_text="Resume the last failed install at the stage where it stopped."
     )
+    check_reachability = StrictBooleanField(
+        required=False,
+        default=True,
+        help_text="Prepare the hosts and check that every pair of nodes reaches the other on RKE2's ports first.",
+    )
 
 
 @extend_schema_serializer(component_name="Upgrade")
@@ -568,6 +573,11 @@ class UninstallInput(_JobOptions):
 @extend_schema_serializer(component_name="ScaleOut")
 class ScaleOutInput(_JobOptions):
     nodes = NodeInput(many=True, min_length=1, max_length=MAX_NODES_PER_REQUEST)
+    check_reachability = StrictBooleanField(
+        required=False,
+        default=True,
+        help_text="Prepare the new hosts and check that every pair of nodes reaches the other on RKE2's ports first.",
+    )
 
     def to_params(self) -> dict[str, Any]:
         params = super().to_params()

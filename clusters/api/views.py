@@ -296,8 +296,10 @@ class ClusterViewSet(APIViewSet):
         JobKind.INSTALL,
         s.InstallInput,
         "Install the cluster",
-        "Runs the staged install (initial master, joining masters, workers, post-checks) and fetches the "
-        "kubeconfig. With `resume`, starts again at the stage where the last install failed.",
+        "Prepares the hosts and checks reachability between every pair of nodes on RKE2's ports (unless "
+        "`check_reachability` is false), runs the staged install (initial master, joining masters, workers, "
+        "post-checks) and fetches the kubeconfig. With `resume`, starts again at the stage where the last install "
+        "failed.",
     )
     upgrade = _job_action(
         JobKind.UPGRADE,

@@ -3,10 +3,13 @@
 Job kind → stages → playbook (``job.stages`` was planned when the job was requested):
 
 - preflight → [preflight] → ``preflight.yml``
-- install → [initial_master, joining_masters, workers, all] (a resumed install starts at the stage that failed)
-  → ``<stage>.yml``; ``all.yml`` also writes the kubeconfig, which is stored encrypted on the cluster
-- scale_add → [joining_masters?, workers?] → ``joining_masters.yml``/``workers.yml`` with the scale-out inventory
-  (only the new nodes in the stage groups)
+- install → [reachability, initial_master, joining_masters, workers, all] (a resumed install starts at the stage
+  that failed, after the reachability check) → ``<stage>.yml``; ``all.yml`` also writes the kubeconfig, which is
+  stored encrypted on the cluster
+- scale_add → [reachability, joining_masters?, workers?] → ``joining_masters.yml``/``workers.yml`` with the
+  scale-out inventory (only the new nodes in the stage groups)
+- reachability (unless the request turned it off) → ``reachability.yml``: the hosts not active yet are prepared,
+  then every live node probes the peers it must reach; a failure ends the job before anything is installed
 - scale_remove → [scale_remove] → ``scale_remove.yml``; upgrade → ``upgrade.yml``; uninstall → ``uninstall.yml``;
   fetch_kubeconfig → ``kubeconfig.yml``; health → ``health.yml``
 
@@ -33,6 +36,7 @@ from inventory.renderers import InventoryRenderer, RenderedInventory
 
 from ..choices import (
     INSTALL_STAGES,
+    REACHABILITY_STAGE,
     ClusterStatus,
     InstallationStage,
     JobKind,
@@ -58,6 +62,7 @@ logger = logging.getLogger(__name__)
 
 PLAYBOOKS: Mapping[str, str] = {
     "preflight": "preflight.yml",
+    REACHABILITY_STAGE: "reachability.yml",
     "initial_master": "initial_master.yml",
     "joining_masters": "joining_masters.yml",
     "workers": "workers.yml",
@@ -266,6 +271,8 @@ class StageOrchestrator:
                 raise StageError("the cluster has no active server to take or list etcd snapshots on.")
             return InventoryRenderer.render_for_operation(self.cluster, snapshot_nodes)
         kind = self.job.kind
+        if stage == REACHABILITY_STAGE:
+            return InventoryRenderer.render_for_reachability(self.cluster)
         if kind == JobKind.INSTALL:
             return InventoryRenderer.render_for_stage(self.cluster, stage)
         if kind == JobKind.SCALE_ADD:
@@ -387,7 +394,10 @@ class StageOrchestrator:
                 errors[node_id] = f"Stage {stage} failed on this node."
         errors = {node_id: self.redactor.text(message) for node_id, message in errors.items()}
         reason = self.redactor.text(reason)
-        if self.job.kind in (JobKind.PREFLIGHT, JobKind.HEALTH_SYNC, JobKind.NODE_LABELS):
+        if (
+            self.job.kind in (JobKind.PREFLIGHT, JobKind.HEALTH_SYNC, JobKind.NODE_LABELS)
+            or stage == REACHABILITY_STAGE
+        ):
             # Findings and a failed change of labels do not say that a node stopped working.
             state.nodes_note_errors(errors, self.job)
             return

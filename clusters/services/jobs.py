@@ -17,6 +17,7 @@ from ..choices import (
     ACTIVE_JOB_STATUSES,
     INSTALL_STAGES,
     LIVE_NODE_STATUSES,
+    REACHABILITY_STAGE,
     SERVER_ROLES,
     ClusterStatus,
     InstallationStage,
@@ -55,11 +56,26 @@ def _require_bootstrapped(cluster: Cluster, kind: str) -> None:
         )
 
 
+def install_resume_stage(job: Job) -> str | None:
+    """The install stage a failed or canceled install resumes from: the stage it stopped in or, when it stopped in
+    its reachability check, the first install stage it was to run next (None: it cannot be resumed)."""
+    if job.kind != JobKind.INSTALL or job.status not in (JobStatus.FAILED, JobStatus.CANCELED):
+        return None
+    if job.stage in INSTALL_STAGES:
+        return job.stage
+    if job.stage == REACHABILITY_STAGE:
+        return next((str(stage) for stage in job.stages or [] if stage in INSTALL_STAGES), None)
+    return None
+
+
 def _last_failed_install_stage(cluster: Cluster) -> str | None:
     last = _last_install(cluster)
-    if last and last.status in (JobStatus.FAILED, JobStatus.CANCELED) and last.stage in INSTALL_STAGES:
-        return last.stage
-    return None
+    return install_resume_stage(last) if last else None
+
+
+def _with_reachability(params: dict[str, Any], stages: list[str]) -> list[str]:
+    """An install's or a scale-out's stages, after the reachability check unless the request turned it off."""
+    return [REACHABILITY_STAGE, *stages] if params.get("check_reachability", True) else stages
 
 
 _WORKERS_BATCH_RE = re.compile(r"^([1-9][0-9]*|([1-9][0-9]?|100)%)$")
@@ -69,7 +85,8 @@ ADOPTION_GUARDED_KINDS = frozenset({JobKind.INSTALL, JobKind.SCALE_ADD, JobKind.
 
 
 def _validate_common_params(params: dict[str, Any]) -> None:
-    """Options any job may carry: how many workers change at once, and how long a drain may take."""
+    """Options any job may carry: how many workers change at once, how long a drain may take, and whether an install
+    or a scale-out checks reachability first."""
     errors: dict[str, list[str]] = {}
     if "workers_batch" in params:
         batch = params["workers_batch"]
@@ -79,6 +96,8 @@ def _validate_common_params(params: dict[str, Any]) -> None:
         timeout = params["drain_timeout"]
         if isinstance(timeout, bool) or not isinstance(timeout, int) or timeout < 0:
             errors["drain_timeout"] = ["Enter a whole number of seconds (0 or more)."]
+    if "check_reachability" in params and not isinstance(params["check_reachability"], bool):
+        errors["check_reachability"] = ["Enter true or false."]
     if errors:
         raise ValidationError(errors)
 
@@ -147,7 +166,7 @@ def _plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[st
             n.status == NodeStatus.ACTIVE for n in live
         ):
             raise InvalidState("The cluster is already installed; add nodes with a scale job.")
-        return [str(stage) for stage in stages]
+        return _with_reachability(params, [str(stage) for stage in stages])
     if kind == JobKind.SCALE_ADD:
         _require_credential(cluster)
         _require_bootstrapped(cluster, kind)
@@ -159,7 +178,7 @@ def _plan_stages(cluster: Cluster, kind: str, params: dict[str, Any]) -> list[st
             stages.append(str(InstallationStage.JOINING_MASTERS))
         if any(node.role not in SERVER_ROLES for node in pending):
             stages.append(str(InstallationStage.WORKERS))
-        return stages
+        return _with_reachability(params, stages)
     if kind == JobKind.SCALE_REMOVE:
         _require_credential(cluster)
         _require_bootstrapped(cluster, kind)

@@ -11,11 +11,11 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 
-from ..choices import INSTALL_STAGES, JobKind, JobStatus
+from ..choices import JobKind
 from ..exceptions import InvalidState
 from ..models import Job
 from .audit import audit_record
-from .jobs import job_request
+from .jobs import install_resume_stage, job_request
 
 __all__ = ["RELAUNCH_PERMISSIONS", "job_relaunch", "relaunch_params", "relaunch_permissions"]
 
@@ -36,12 +36,7 @@ def relaunch_params(job: Job, *, confirm: str = "") -> dict[str, Any]:
     """The parameters of the relaunch of ``job``."""
     params = dict(job.params or {})
     if job.kind == JobKind.INSTALL:
-        resumable = (
-            job.status in (JobStatus.FAILED, JobStatus.CANCELED)
-            and job.started_at is not None
-            and job.stage in INSTALL_STAGES
-        )
-        params["resume"] = bool(resumable)
+        params["resume"] = job.started_at is not None and install_resume_stage(job) is not None
     if job.kind in (JobKind.UNINSTALL, JobKind.ETCD_RESTORE):
         if not confirm:
             what = "uninstall" if job.kind == JobKind.UNINSTALL else "restore"

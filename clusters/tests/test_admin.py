@@ -482,22 +482,30 @@ def test_install_page_shows_the_plan_and_starts_the_install(
 ) -> None:
     page = admin_client.get(op_url(cluster, "install"))
     html = page.content.decode()
-    assert "initial_master → joining_masters → workers → all" in html
+    assert "reachability → initial_master → joining_masters → workers → all" in html
     assert "resume" not in page.context["form"].fields
     response = admin_client.post(op_url(cluster, "install"), {})
     job = Job.objects.get(cluster=cluster, kind=JobKind.INSTALL)
     assert response["Location"] == reverse("admin:clusters_job_change", args=[job.pk])
-    assert job.params == {"resume": False} and job.requested_by == admin_user
+    assert job.params == {"resume": False, "check_reachability": True} and job.requested_by == admin_user
 
 
 def test_install_resumes_a_failed_install(admin_client: Any, cluster: Cluster) -> None:
     failed = make_job(cluster, status=JobStatus.FAILED, stage="workers", stages_completed=2, started_at=timezone.now())
     page = admin_client.get(op_url(cluster, "install"))
     assert "resume" in page.context["form"].fields
-    assert "workers → all" in page.content.decode()
+    assert "reachability → workers → all" in page.content.decode()
     admin_client.post(op_url(cluster, "install"), {"resume": "on"})
     job = Job.objects.exclude(pk=failed.pk).get(cluster=cluster)
-    assert job.stages == ["workers", "all"] and job.resume_of == failed
+    assert job.stages == ["reachability", "workers", "all"] and job.resume_of == failed
+    assert job.params["check_reachability"] is True
+
+
+def test_install_without_the_reachability_check(admin_client: Any, cluster: Cluster) -> None:
+    admin_client.post(op_url(cluster, "install"), {"skip_reachability": "on"})
+    job = Job.objects.get(cluster=cluster)
+    assert job.stages == ["initial_master", "joining_masters", "workers", "all"]
+    assert job.params == {"resume": False, "check_reachability": False}
 
 
 def test_install_refused_is_a_message(admin_client: Any) -> None:
@@ -528,7 +536,7 @@ def test_add_nodes_to_an_installed_cluster_starts_a_scale_out(admin_client: Any,
     response = admin_client.post(op_url(installed, "add_nodes"), data)
     job = Job.objects.get(cluster=installed)
     assert response["Location"] == reverse("admin:clusters_job_change", args=[job.pk])
-    assert job.kind == JobKind.SCALE_ADD and job.stages == ["workers"]
+    assert job.kind == JobKind.SCALE_ADD and job.stages == ["reachability", "workers"]
     assert installed.cluster_nodes.get(hostname="alpha-w3").status == NodeStatus.PENDING
 
 

@@ -229,6 +229,29 @@ def test_scale_add_needs_an_active_existing_server(make_cluster):
         InventoryRenderer.render_for_scale_add(cluster, [Node.objects.get(cluster=cluster, hostname="m1")])
 
 
+def test_reachability_has_every_live_node_and_prepares_those_not_active(make_cluster):
+    cluster = make_cluster()
+    result = InventoryRenderer.render_for_reachability(cluster)
+    assert groups(result) == {
+        "rke2_servers": ["m1", "m2", "m3"],
+        "rke2_agents": ["w1", "w2"],
+        "initial_master": ["m1"],
+        "joining_masters": ["m2", "m3"],
+        "workers": ["w1", "w2"],
+        "prepare": ["m1", "m2", "m3", "w1", "w2"],
+        "api_host": ["m1"],
+        "remove": [],
+    }
+    # A scale-out: the existing nodes are checked too (the new ones must reach them), only the new ones prepared.
+    all_active(cluster)
+    added = nodes_add(cluster=cluster, nodes=[{"hostname": "w3", "internal_ip": "10.0.1.3", "role": "worker"}])
+    set_status(cluster, w1=NodeStatus.DRAINING)
+    result = InventoryRenderer.render_for_reachability(cluster)
+    assert result.hosts("workers") == ["w2", "w3"] and result.hosts("prepare") == [added[0].hostname]
+    assert result.hosts("all") == ["m1", "m2", "m3", "w2", "w3"] and result.api_host == "m1"
+    assert "rke2_token" not in json.dumps(result.inventory)
+
+
 def test_scale_remove(make_cluster):
     cluster = make_cluster()
     all_active(cluster)

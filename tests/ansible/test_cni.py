@@ -181,7 +181,7 @@ def test_canal_install_fails_on_a_blocked_vxlan_port_naming_node_and_port(portal
     resumed = run_job(cluster, JobKind.INSTALL, {"resume": True})
 
     assert resumed.status == JobStatus.SUCCESSFUL, resumed.explanation
-    assert resumed.stages == ["all"]
+    assert resumed.stages == ["reachability", "all"]
     assert ok_hosts(resumed, POD_CHECK) == [master]
     assert portal.pods_ready(master, "k8s-app=canal") == dict.fromkeys(CANAL, "True")
     assert set(portal.pods_ready(master, "k8s-app=kube-dns").values()) == {"True"}

@@ -20,6 +20,7 @@ PLAYBOOKS = (
     "workers.yml",
     "all.yml",
     "scale_add.yml",
+    "reachability.yml",
     "scale_remove.yml",
     "upgrade.yml",
     "kubeconfig.yml",

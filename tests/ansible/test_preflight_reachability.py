@@ -186,6 +186,34 @@ def test_a_blocked_overlay_port_names_exactly_the_pairs_that_cannot_reach_it(por
     assert "9345" not in job.explanation and "10250" not in job.explanation
 
 
+def test_an_install_checks_reachability_first_and_installs_nothing_when_a_pair_fails(
+    portal: Site, settings: Any
+) -> None:
+    # Nothing is downloaded: the job ends in its reachability stage, before any install stage.
+    settings.RKE2_INSTALL_METHOD = "script"
+    cluster = portal.cluster("install-blocked")
+    portal.hosts[M1].block_port("tcp", 6443, direction="in")
+
+    job = job_request(cluster=cluster, kind=JobKind.INSTALL, params={})
+    assert job.stages == ["reachability", "initial_master", "joining_masters", "workers", "all"]
+    job_execute(job_id=job.pk)
+    job.refresh_from_db()
+
+    assert job.status == JobStatus.FAILED and job.stage == "reachability", job.explanation
+    assert job.stages_completed == 0
+    assert unreachable(job) == {(source, M1, 6443, "tcp") for source in (M2, W1, W2)}
+    for source in (M2, W1, W2):
+        assert f"{source} → {M1} 6443/tcp: connection timed out" in job.explanation, job.explanation
+    # The hosts were prepared (a host refused there fails before the check), nothing was installed or started.
+    assert {node.status for node in cluster.cluster_nodes.all()} == {"pending"}
+    assert set(node_errors(cluster)) == {M2, W1, W2}
+    for host in portal.hosts.values():
+        assert host.run(["test", "-e", "/usr/local/bin/rke2"]).returncode != 0, host.name
+        assert host.run(["test", "-e", "/etc/rancher/rke2/config.yaml"]).returncode != 0, host.name
+        assert 9345 not in _listening(host), host.name
+    assert not job.events.filter(stage="initial_master").exists()
+
+
 def test_a_duplicate_machine_id_and_an_existing_rke2_are_reported(portal: Site) -> None:
     cluster = portal.cluster("cloned")
     m1, w2, w1 = portal.hosts[M1], portal.hosts[W2], portal.hosts[W1]

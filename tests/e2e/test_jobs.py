@@ -210,7 +210,7 @@ def test_a_worker_killed_mid_run_leaves_a_failed_job_that_can_be_resumed(
 
     # The cluster is free again, and the install resumes from the stage that was cut off.
     resumed = job_request(cluster=cluster, kind=JobKind.INSTALL, params={"resume": True})
-    assert resumed.stages == ["workers", "all"]
+    assert resumed.stages == ["reachability", "workers", "all"]
     resumed = wait_finished(resumed)
     assert resumed.status == JobStatus.SUCCESSFUL, resumed.explanation
     cluster.refresh_from_db()

@@ -119,7 +119,7 @@ def test_worker_killed_with_sigkill(stack: Stack, portal: Portal, make_hosts: Ma
         )  # fmt: skip
     stack.run("start", worker)  # the service manager restarts it; it removes what its predecessor left
     resumed = resume_to_success(portal, cluster)
-    assert resumed["stages"] == ["workers", "all"]
+    assert resumed["stages"] == ["reachability", "workers", "all"]
     assert_clean_end(stack, portal, cluster["id"], host_network.private_key_text)
     finish_case("worker SIGKILL")
 

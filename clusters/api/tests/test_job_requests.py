@@ -66,9 +66,9 @@ def test_install_enqueues_one_job_after_commit(cluster, operator, post, sent):
     response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", {})
 
     job = assert_accepted(response, enqueued, kind=JobKind.INSTALL)
-    assert job.stages == ["initial_master", "joining_masters", "workers", "all"]
+    assert job.stages == ["reachability", "initial_master", "joining_masters", "workers", "all"]
     assert job.requested_by == operator
-    assert job.params == {"resume": False}
+    assert job.params == {"resume": False, "check_reachability": True}
     assert len(enqueued) == 1 and sent == []  # nothing is sent before the commit
     run_callbacks(enqueued)
     # Publishing retries briefly, then gives up (a broker that is down must not hang the request).
@@ -108,8 +108,36 @@ def test_install_resume_starts_at_the_failed_stage(cluster, post):
     response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", {"resume": True})
 
     job = assert_accepted(response, enqueued, kind=JobKind.INSTALL)
-    assert job.stages == ["workers", "all"]
+    assert job.stages == ["reachability", "workers", "all"]
     assert response.json()["resume_of"] == failed.pk
+
+
+def test_an_install_that_failed_its_reachability_check_resumes_at_its_next_stage(cluster, post):
+    failed = make_job(
+        cluster,
+        kind=JobKind.INSTALL,
+        status=JobStatus.FAILED,
+        stage="reachability",
+        stages=["reachability", "workers", "all"],
+        started_at=timezone.now(),
+    )
+
+    response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", {"resume": True})
+
+    job = assert_accepted(response, enqueued, kind=JobKind.INSTALL)
+    assert job.stages == ["reachability", "workers", "all"] and job.resume_of == failed
+
+
+def test_the_reachability_check_can_be_turned_off(cluster, post):
+    response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", {"check_reachability": False})
+
+    job = assert_accepted(response, enqueued, kind=JobKind.INSTALL)
+    assert job.stages == ["initial_master", "joining_masters", "workers", "all"]
+
+    Job.objects.filter(pk=job.pk).update(status=JobStatus.CANCELED)
+    response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", {"check_reachability": "maybe"})
+    assert response.status_code == 400 and "check_reachability" in response.json()["errors"], response.json()
+    assert enqueued == []
 
 
 def test_install_refused_for_an_installed_cluster(installed_cluster, post):
@@ -149,7 +177,7 @@ def test_job_options_are_validated(cluster, payload, field, post):
 def test_job_options_are_stored(cluster, post):
     response, enqueued = post(f"/api/clusters/{cluster.pk}/install/", {"workers_batch": "25%", "drain_timeout": 300})
     job = assert_accepted(response, enqueued, kind=JobKind.INSTALL)
-    assert job.params == {"resume": False, "workers_batch": "25%", "drain_timeout": 300}
+    assert job.params == {"resume": False, "check_reachability": True, "workers_batch": "25%", "drain_timeout": 300}
 
     Job.objects.filter(pk=job.pk).update(status=JobStatus.CANCELED)
     response, enqueued = post(f"/api/clusters/{cluster.pk}/preflight/", {"workers_batch": "2"})
@@ -239,7 +267,7 @@ def test_scale_add(installed_cluster, post, sent):
     ]
     job = Job.objects.get(pk=body["job"]["id"])
     assert job.kind == JobKind.SCALE_ADD
-    assert job.stages == ["joining_masters", "workers"]
+    assert job.stages == ["reachability", "joining_masters", "workers"]
     assert response["Location"] == body["job"]["url"]
     run_callbacks(enqueued)
     assert [message["args"] for message in sent] == [[job.pk]]

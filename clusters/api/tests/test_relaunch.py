@@ -70,7 +70,7 @@ def test_a_failed_install_resumes_where_it_failed(api: Any, cluster: Any) -> Non
     assert response.status_code == 202, response.json()
     new = Job.objects.get(pk=response.json()["id"])
     assert new.params["resume"] is True
-    assert new.stages == ["workers", "all"]
+    assert new.stages == ["reachability", "workers", "all"]
     assert new.resume_of_id == failed.pk
 
 

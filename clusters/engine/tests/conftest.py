@@ -35,6 +35,7 @@ users:
 
 STAGE_HOSTS = {
     "preflight": "initial_master:joining_masters:workers",
+    "reachability": "initial_master:joining_masters:workers",
     "initial_master": "initial_master",
     "joining_masters": "joining_masters",
     "workers": "workers",
@@ -46,6 +47,7 @@ STAGE_HOSTS = {
 }
 PLAYBOOK_FILES = {
     "preflight": "preflight.yml",
+    "reachability": "reachability.yml",
     "initial_master": "initial_master.yml",
     "joining_masters": "joining_masters.yml",
     "workers": "workers.yml",

@@ -69,8 +69,14 @@ def test_install_runs_every_stage_and_records_the_cluster(fake_project: FakeProj
     job.refresh_from_db()
     cluster.refresh_from_db()
     assert job.status == JobStatus.SUCCESSFUL, job.explanation
-    assert job.stages_completed == 4 and job.stage == "all"
-    assert [stage["stage"] for stage in job.result["stages"]] == ["initial_master", "joining_masters", "workers", "all"]
+    assert job.stages_completed == 5 and job.stage == "all"
+    assert [stage["stage"] for stage in job.result["stages"]] == [
+        "reachability",
+        "initial_master",
+        "joining_masters",
+        "workers",
+        "all",
+    ]
     assert job.finished_at and job.started_at and job.worker_pid
     assert cluster.installation_stage == InstallationStage.COMPLETE
     assert cluster.status == ClusterStatus.ACTIVE
@@ -84,14 +90,15 @@ def test_install_runs_every_stage_and_records_the_cluster(fake_project: FakeProj
     counters = assert_counters_contiguous(job)
     assert job.emitted_events == len(counters)
     stages = set(JobEvent.objects.filter(job=job).values_list("stage", flat=True))
-    assert stages == {"initial_master", "joining_masters", "workers", "all"}
-    assert JobEvent.objects.filter(job=job, event="playbook_on_stats").count() == 4
+    assert stages == {"reachability", "initial_master", "joining_masters", "workers", "all"}
+    assert JobEvent.objects.filter(job=job, event="playbook_on_stats").count() == 5
     summaries = {row.host_name: row for row in JobHostSummary.objects.filter(job=job)}
     assert set(summaries) == {node.hostname for node in nodes}
     assert all(row.ok > 0 and not row.failed for row in summaries.values())
     output = "".join(job_stdout_chunks(job=job))
     assert (
-        output.index("STAGE [initial_master]")
+        output.index("STAGE [reachability]")
+        < output.index("STAGE [initial_master]")
         < output.index("STAGE [joining_masters]")
         < output.index("STAGE [workers]")
     )
@@ -119,7 +126,7 @@ def test_a_failed_stage_stops_the_job_and_resume_starts_there(fake_project: Fake
 
     job.refresh_from_db()
     cluster.refresh_from_db()
-    assert job.stage == "workers" and job.stages_completed == 2
+    assert job.stage == "workers" and job.stages_completed == 3
     assert "alpha-w2" in job.explanation and "failed on alpha-w2 as told" in job.explanation
     assert cluster.installation_stage == InstallationStage.FAILED and cluster.status == ClusterStatus.FAILED
     assert cluster.bootstrapped_at is not None
@@ -130,7 +137,7 @@ def test_a_failed_stage_stops_the_job_and_resume_starts_there(fake_project: Fake
 
     fake_project.set(fail={})
     resumed = request(cluster, JobKind.INSTALL, {"resume": True})
-    assert resumed.stages == ["workers", "all"] and resumed.resume_of_id == job.pk
+    assert resumed.stages == ["reachability", "workers", "all"] and resumed.resume_of_id == job.pk
     assert job_execute(job_id=resumed.pk) == JobStatus.SUCCESSFUL
     cluster.refresh_from_db()
     assert cluster.installation_stage == InstallationStage.COMPLETE and cluster.status == ClusterStatus.ACTIVE
@@ -144,8 +151,9 @@ def test_cancel_stops_the_playbook_within_seconds(fake_project: FakeProject, job
     fake_project.set(sleep={"initial_master": 120})
     job = request(cluster, JobKind.INSTALL)
     thread, box = run_in_thread(job.pk)
-    pid = wait_for(lambda: Job.objects.filter(pk=job.pk).values_list("ansible_pid", flat=True).first())
-    wait_for(lambda: any("sleep" in " ".join(p.info["cmdline"] or []) for p in psutil.process_iter(["cmdline"])))
+    wait_for(lambda: Job.objects.filter(pk=job.pk, stage="initial_master").exists())
+    wait_for(lambda: any(p.info["cmdline"] == ["sleep", "120"] for p in psutil.process_iter(["cmdline"])))
+    pid = Job.objects.filter(pk=job.pk).values_list("ansible_pid", flat=True).first()
 
     canceled_at = time.monotonic()
     job_cancel(job=Job.objects.get(pk=job.pk))
@@ -224,14 +232,18 @@ def test_scale_add_installs_only_the_new_nodes(fake_project: FakeProject) -> Non
             {"hostname": "alpha-w2", "internal_ip": "10.0.0.102", "role": "agent"},
         ],
     )
-    assert job.stages == ["joining_masters", "workers"]
+    assert job.stages == ["reachability", "joining_masters", "workers"]
 
     assert job_execute(job_id=job.pk) == JobStatus.SUCCESSFUL
 
     cluster.refresh_from_db()
     assert set(statuses(cluster).values()) == {"active"} and cluster.status == ClusterStatus.ACTIVE
     job.refresh_from_db()
-    acted_on = set(JobEvent.objects.filter(job=job).exclude(host_name="").values_list("host_name", flat=True))
+    # The reachability check involves every node (the new ones must reach the existing ones); the joins only the new.
+    events = JobEvent.objects.filter(job=job).exclude(host_name="")
+    checked = set(events.filter(stage="reachability").values_list("host_name", flat=True))
+    assert checked == {"alpha-s1", "alpha-w1", "alpha-m2", "alpha-w2"}
+    acted_on = set(events.exclude(stage="reachability").values_list("host_name", flat=True))
     assert acted_on == {"alpha-m2", "alpha-w2"} | acted_on.intersection({"alpha-s1"})
     assert "alpha-w1" not in acted_on
 

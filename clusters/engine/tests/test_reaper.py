@@ -73,7 +73,7 @@ def test_a_job_without_heartbeat_is_failed_and_its_cluster_released(settings: ob
     assert job.emitted_events == 2  # what is stored is the whole log now
     # The cluster is free again: the install can be resumed from the stage that was running.
     resumed = request(cluster, JobKind.INSTALL, {"resume": True})
-    assert resumed.stages == ["initial_master", "joining_masters", "workers", "all"]
+    assert resumed.stages == ["reachability", "initial_master", "joining_masters", "workers", "all"]
 
 
 def test_jobs_with_a_live_worker_are_left_alone() -> None:

@@ -13,6 +13,7 @@ from clusters.engine.redaction import MASK, Redactor
 from clusters.engine.service import job_execute
 from clusters.fields import reveal
 from clusters.models import Job, JobEvent, Node
+from clusters.tests.factories import mark_installed
 from clusters.tests.secret_scan import scan_database
 
 from .conftest import FakeProject, install_cluster_with, request
@@ -75,7 +76,7 @@ def test_a_failing_stage_stores_no_secret_anywhere(fake_project: FakeProject) ->
     # The texts are there, masked.
     assert MASK in job.explanation and "join refused for" in job.explanation
     assert MASK in master.last_error and "join refused for" in master.last_error
-    failed_hosts = job.result["stages"][0]["failed_hosts"]
+    failed_hosts = next(stage for stage in job.result["stages"] if stage["stage"] == "initial_master")["failed_hosts"]
     assert MASK in failed_hosts[master.hostname]
     facts = job.result["facts"]
     assert facts["used_token"] == MASK
@@ -88,13 +89,11 @@ def test_a_failing_stage_stores_no_secret_anywhere(fake_project: FakeProject) ->
     assert report.rows > 0 and "clusters_job" in report.tables and "clusters_jobevent" in report.tables
 
 
-def test_a_preflight_failure_stores_no_secret_in_node_errors(fake_project: FakeProject) -> None:
-    cluster = install_cluster_with(masters=1, workers=2, name="checked")
+def test_an_upgrade_failure_stores_no_secret_in_node_errors(fake_project: FakeProject) -> None:
+    cluster = mark_installed(install_cluster_with(masters=1, workers=2, name="checked"))
     token = reveal(cluster.token)
-    leaking_playbook(
-        fake_project.path, "preflight", "initial_master:joining_masters:workers", padding=padding_for(token)
-    )
-    job = request(cluster, JobKind.PREFLIGHT)
+    leaking_playbook(fake_project.path, "upgrade", "initial_master:joining_masters:workers", padding=padding_for(token))
+    job = request(cluster, JobKind.UPGRADE, {"target_version": "v1.32.1+rke2r1", "snapshot": False})
 
     assert job_execute(job_id=job.pk) == JobStatus.FAILED
 
