@@ -41,6 +41,7 @@ default off as in production), ``BENCH_CONCURRENT_TIMEOUT`` (seconds a phase may
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 import re
@@ -448,6 +449,8 @@ def _sqlite(settings: Settings, meter: CpuMeter, clusters: int) -> bool:
     from . import setup_django
 
     setup_django()
+    # The file-system broker's URL has no host name, which kombu notes on every connection of this process.
+    logging.getLogger("kombu.connection").setLevel(logging.ERROR)
 
     from clusters.choices import JobKind
     from clusters.models import Job, JobEvent, Node
@@ -590,8 +593,8 @@ def _print_phase(phase: Phase) -> None:
     spread = ", ".join(f"{name}: {count}" for name, count in sorted(phase.spread.items()))
     print(
         f"{phase.label}: {phase.nodes} nodes in {phase.wall:.1f} s; worker CPU {phase.worker_cpu:.1f} s ({workers}); "
-        f"{phase.efficiency:.3f} nodes per CPU-second; jobs per worker: {spread}"
-        + (f"; also CPU: {others}" if others else "")
+        f"{phase.efficiency:.3f} nodes per CPU-second ({phase.worker_cpu / max(phase.nodes, 1):.1f} CPU-s per node); "
+        f"jobs per worker: {spread}" + (f"; also CPU: {others}" if others else "")
     )
     print(
         f"  {phase.events} events stored in {phase.event_span:.1f} s ({phase.events_per_second:.0f} per second)"
