@@ -165,7 +165,17 @@ def test_canal_install_fails_on_a_blocked_vxlan_port_naming_node_and_port(portal
     portal.hosts[blocked].block_port("udp", 8472, direction="in")
     cluster = portal.cluster("canal", CANAL, "canal")
 
-    failed = run_job(cluster, JobKind.INSTALL)
+    # The reachability check finds the blocked overlay port before anything is installed...
+    checked = run_job(cluster, JobKind.INSTALL)
+
+    assert checked.status == JobStatus.FAILED and checked.stage == "reachability", checked.explanation
+    sources = [name for name in CANAL if name != blocked]
+    for source in sources:
+        assert f"{source} → {blocked} 8472/udp: no echo" in checked.explanation, checked.explanation
+    assert {node.status for node in cluster.cluster_nodes.all()} == {NodeStatus.PENDING}
+
+    # ... and without it, the install's own pod network check names the node and the port.
+    failed = run_job(cluster, JobKind.INSTALL, {"check_reachability": False})
 
     assert failed.status == JobStatus.FAILED, failed.explanation
     assert failed.stage == "all"
@@ -203,7 +213,7 @@ def test_calico_gets_its_image_archive_and_needs_udp_4789(portal: Site) -> None:
     portal.hosts[agent].block_port("udp", 4789, direction="in")
     cluster = portal.cluster("calico", CALICO, "calico")
 
-    failed = run_job(cluster, JobKind.INSTALL)
+    failed = run_job(cluster, JobKind.INSTALL, {"check_reachability": False})
 
     assert failed.status == JobStatus.FAILED, failed.explanation
     assert failed.stage == "all"
@@ -231,7 +241,7 @@ def test_without_cni_the_install_completes_and_says_nodes_wait_for_one(portal: S
     # Every wait is bounded by START_TIMEOUT: had the install waited for the nodes to become Ready, it would have
     # failed.
     assert job.status == JobStatus.SUCCESSFUL, job.explanation
-    assert job.explanation.startswith("Completed: initial_master, joining_masters, workers, all.")
+    assert job.explanation.startswith("Completed: reachability, initial_master, joining_masters, workers, all.")
     assert f"The cluster has no CNI (cni: none): its nodes ({master}, {agent}) are registered" in job.explanation
     assert "wait for a CNI" in job.explanation
     assert job.result["facts"]["rke2_waiting_for_cni"] == [master, agent]

@@ -104,6 +104,7 @@ def test_install_from_request_to_complete(
     nodes = list(Node.objects.filter(cluster=cluster))
     assert {(node.status, node.installed_version) for node in nodes} == {(NodeStatus.ACTIVE, VERSION)}
     assert {row.stage for row in JobEvent.objects.filter(job=job).only("stage")} == {
+        "reachability",
         "initial_master",
         "joining_masters",
         "workers",
