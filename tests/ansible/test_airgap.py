@@ -205,7 +205,7 @@ def test_a_checksum_mismatch_fails_before_any_node_is_changed_naming_the_file(po
     failed = run_job(cluster, JobKind.INSTALL)
 
     assert failed.status == JobStatus.FAILED
-    assert failed.stage == "initial_master", failed.explanation
+    assert failed.stage == "reachability", failed.explanation
     assert "rke2-images-calico.linux-amd64.tar.zst: FAILED" in failed.explanation, failed.explanation
     assert "sha256sum-amd64.txt" in failed.explanation, failed.explanation
     for name in nodes:
@@ -224,7 +224,7 @@ def test_missing_files_of_the_node_architecture_fail_at_the_start_of_the_playboo
     failed = run_job(cluster, JobKind.INSTALL)
 
     assert failed.status == JobStatus.FAILED
-    assert failed.stage == "initial_master", failed.explanation
+    assert failed.stage == "reachability", failed.explanation
     explanation = failed.explanation
     assert f"The air-gap artifacts of RKE2 {V1} in {root / V1}" in explanation, explanation
     assert "rke2.linux-amd64.tar.gz" in explanation and "sha256sum-amd64.txt" in explanation, explanation
