@@ -15,8 +15,10 @@ escape a process tree): each worker's process tree is moved into a cgroup of its
 every process it starts later is born in it, and the cgroup's CPU counter (cgroup v2 ``cpu.stat``, or v1
 ``cpuacct.usage``) is read before and after each phase. Without a writable cgroup file system the bench falls back
 to psutil over the live process trees (own plus reaped children's CPU), which misses the detached ssh masters and
-says so. The test hosts (sshd, Ansible's modules, the stand-in RKE2) are not the controller and are not counted;
-PostgreSQL's and gunicorn's CPU is shown beside it for information.
+says so. The worker CPU is split into the job engine's share (what the worker's main and pool processes used
+themselves, from psutil) and the rest (Ansible and ssh). The test hosts (sshd, Ansible's modules, the stand-in
+RKE2) are not the controller and are not counted; PostgreSQL's and gunicorn's CPU is shown beside it for
+information.
 
 Prints, for the sequential and the concurrent phase: wall time (first job created to last job finished), worker
 CPU seconds, nodes installed per controller CPU-second, and the ratio concurrent / sequential of that efficiency
@@ -87,6 +89,7 @@ class Phase:
     events: int = 0
     event_span: float = 0.0
     spread: dict[str, int] = field(default_factory=dict)
+    engine_cpu: float = 0.0
     problems: list[str] = field(default_factory=list)
 
     @property
@@ -170,6 +173,28 @@ class CpuMeter:
             except psutil.Error:
                 continue
             total += times.user + times.system + times.children_user + times.children_system
+        return total
+
+    def own(self, names: list[str]) -> float:
+        """CPU seconds the given trees' long-lived processes (a worker's main and pool processes) used themselves,
+        without what they started: the job engine's share; the rest of a worker's CPU is Ansible and ssh."""
+        import psutil
+
+        total = 0.0
+        for name in names:
+            try:
+                root = psutil.Process(self.roots[name])
+                processes = [root, *root.children()]
+            except (KeyError, psutil.Error):
+                continue
+            for process in processes:
+                try:
+                    times = process.cpu_times()
+                except psutil.Error:
+                    continue
+                if process.name() in ("ansible-playbook", "ssh"):
+                    continue
+                total += times.user + times.system
         return total
 
     def forget(self, names: list[str]) -> None:
@@ -365,6 +390,7 @@ def _stack_phase(stack: Any, portal: Any, meter: CpuMeter, settings: Settings, *
         logs = [stack.folder / "log" / f"{worker}.log" for worker in WORKERS] + [stack.folder / "pg" / "server.log"]
         offsets = {path: path.stat().st_size if path.exists() else 0 for path in logs}
         before = meter.read()
+        engine_before = meter.own(list(WORKERS))
         jobs: list[int] = []
         deadline = time.monotonic() + settings.timeout
         for cluster in clusters:
@@ -374,6 +400,7 @@ def _stack_phase(stack: Any, portal: Any, meter: CpuMeter, settings: Settings, *
         _wait_stack_jobs(stack, jobs, deadline)
         time.sleep(SETTLE_SECONDS)
         after = meter.read()
+        phase.engine_cpu = meter.own(list(WORKERS)) - engine_before
         phase.cpu = {name: after[name] - before[name] for name in after}
         (first, last) = stack.query(
             "SELECT min(created_at), max(finished_at) FROM clusters_job WHERE id = ANY(%s)", jobs
@@ -507,6 +534,7 @@ def _sqlite(settings: Settings, meter: CpuMeter, clusters: int) -> bool:
             )
         offsets = [len(worker.log_text()) for worker in workers]
         before = meter.read()
+        engine_before = meter.own([f"sqlite-{name}" for name in WORKERS])
         jobs = [job_request(cluster=cluster, kind=JobKind.INSTALL).pk for cluster in created]
         deadline = time.monotonic() + settings.timeout
         while Job.objects.filter(pk__in=jobs, status__in=("pending", "running")).exists():
@@ -515,6 +543,7 @@ def _sqlite(settings: Settings, meter: CpuMeter, clusters: int) -> bool:
             time.sleep(0.5)
         time.sleep(SETTLE_SECONDS)
         after = meter.read()
+        phase.engine_cpu = meter.own([f"sqlite-{name}" for name in WORKERS]) - engine_before
         phase.cpu = {name: after[name] - before[name] for name in after if name.startswith("sqlite-")}
         rows = list(Job.objects.filter(pk__in=jobs).order_by("pk"))
         phase.wall = (max(job.finished_at for job in rows) - min(job.created_at for job in rows)).total_seconds()
@@ -595,6 +624,10 @@ def _print_phase(phase: Phase) -> None:
         f"{phase.label}: {phase.nodes} nodes in {phase.wall:.1f} s; worker CPU {phase.worker_cpu:.1f} s ({workers}); "
         f"{phase.efficiency:.3f} nodes per CPU-second ({phase.worker_cpu / max(phase.nodes, 1):.1f} CPU-s per node); "
         f"jobs per worker: {spread}" + (f"; also CPU: {others}" if others else "")
+    )
+    print(
+        f"  of the worker CPU: the job engine (worker and pool processes themselves) {phase.engine_cpu:.1f} s, "
+        f"Ansible and ssh (the processes they start) {phase.worker_cpu - phase.engine_cpu:.1f} s"
     )
     print(
         f"  {phase.events} events stored in {phase.event_span:.1f} s ({phase.events_per_second:.0f} per second)"
