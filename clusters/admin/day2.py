@@ -13,7 +13,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 from django.utils.timesince import timesince
 
-from ..choices import JobKind
+from ..choices import LIVE_NODE_STATUSES, JobKind
 from ..models import Cluster, Job
 from ..services.jobs import job_request
 from .base import SERVICE_ERRORS, job_url, message_service_error
@@ -28,6 +28,11 @@ DAY2_BUTTONS: dict[str, tuple[str, str]] = {
     "fetch-kubeconfig": (JobKind.FETCH_KUBECONFIG, "Fetch kubeconfig"),
     "rotate-certificates": (JobKind.CERT_ROTATE, "Rotate certificates"),
 }
+
+
+DAY2_BUTTONS_BY_KIND = dict(DAY2_BUTTONS.values())
+# Kinds that restart nodes: the button leads to a page that says what will happen; only its POST requests the job.
+CONFIRMED_KINDS: dict[str, str] = {JobKind.CERT_ROTATE: "admin/clusters/cluster/rotate_certificates.html"}
 
 
 def health_state(cluster: Cluster) -> str:
@@ -45,7 +50,8 @@ def health_state(cluster: Cluster) -> str:
 
 class ClusterDay2Mixin:
     """POST views of the cluster page that request a health check, a kubeconfig fetch or a certificate rotation,
-    with the permissions the API requires (``clusters.add_job``)."""
+    with the permissions the API requires (``clusters.add_job``). A certificate rotation restarts every node: its
+    button opens a page that says so, whose confirmed POST requests the job."""
 
     admin_site: Any
     opts: Any
@@ -70,9 +76,19 @@ class ClusterDay2Mixin:
 
     def _day2_view(self, kind: str) -> Any:
         def view(request: HttpRequest, object_id: str) -> HttpResponse:
-            if request.method != "POST":
+            confirmation = CONFIRMED_KINDS.get(kind)
+            if request.method != "POST" and confirmation is None:
                 return HttpResponseNotAllowed(["POST"])
             cluster = self._cluster(request, object_id, REQUEST_JOB)  # type: ignore[attr-defined]
+            if confirmation is not None and not (request.method == "POST" and request.POST.get("confirm") == "yes"):
+                # Restarts every node: a page that says so, then a confirmed POST.
+                return self._render(  # type: ignore[attr-defined]
+                    request,
+                    confirmation,
+                    cluster,
+                    DAY2_BUTTONS_BY_KIND[kind],
+                    nodes=list(cluster.cluster_nodes.filter(status__in=LIVE_NODE_STATUSES).order_by("pk")),
+                )
             try:
                 job = job_request(cluster=cluster, kind=kind, params={}, actor=request.user)
             except SERVICE_ERRORS as exc:
