@@ -7,7 +7,8 @@ Each run gets a private data directory (``mkdtemp``, mode 0700) under ``settings
   so nothing secret is on its command line;
 - ``known_hosts``: the host keys SSH accepts (stored in the database, or pinned by the credential); they are
   checked with ``ssh-keyscan`` before the playbook starts (:mod:`clusters.services.hostkeys`);
-- ``cp/`` (SSH control sockets), ``tmp/`` (Ansible's local temp files), ``artifacts/`` (ansible-runner's).
+- ``tmp/`` (Ansible's local temp files), ``artifacts/`` (ansible-runner's); SSH's control sockets go to a short
+  folder of their own under ``/tmp`` (a socket path may not exceed 108 bytes), removed with the run.
 
 The SSH private key goes through ansible-runner's ``ssh_key``: a FIFO read once by ``ssh-add`` into a per-run
 ``ssh-agent``; a passphrase-protected key is opened in the worker first (the agent holds it unlocked anyway), so no
@@ -322,7 +323,7 @@ class PlaybookRunner:
         return _with_newline(self.ssh.private_key)
 
     def _run_in(self, private_dir: Path, spec: PlaybookRun, state: _RunState, *, control_dir: Path) -> RunOutcome:
-        for sub in ("inventory", "env", "cp", "tmp"):
+        for sub in ("inventory", "env", "tmp"):
             (private_dir / sub).mkdir(mode=0o700)
         inventory_path = private_dir / "inventory" / "hosts.json"
         write_private_file(inventory_path, serialize_inventory(spec.inventory))
