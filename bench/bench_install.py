@@ -119,6 +119,7 @@ def _run(network: object, *, workers: int, server_delay: float, agent_delay: flo
         f"floor (3 x {server_delay:g} + {agent_delay:g}): {floor:.1f} s; overhead {elapsed - floor:.1f} s; "
         f"ratio {elapsed / floor:.3f} (target <= {MAX_RATIO} at 6 workers)"
     )
+    _print_task_count(job)
     _print_task_profile(job)
     if os.environ.get("BENCH_INSTALL_TRACE") in ("1", "2"):
         _print_start_trace(job, hosts)
@@ -170,6 +171,31 @@ def _new_cluster(network: object, workers: int, name: str) -> tuple[list, object
     ]
     cluster = cluster_create(name=name, rke2_version=VERSION, ssh_credential=credential, nodes=nodes)
     return hosts, credential, cluster
+
+
+def _print_task_count(job: object) -> None:
+    """How many tasks the install started (per stage and in all) and how many times they ran on a host (a task's
+    result on one host; skipped ones apart, retries of a polling task not counted)."""
+    from django.db.models import Count, Q
+
+    from clusters.models import JobEvent
+
+    rows = (
+        JobEvent.objects.filter(job=job)
+        .values("stage")
+        .annotate(
+            started=Count("pk", filter=Q(event="playbook_on_task_start")),
+            ran=Count("pk", filter=Q(event__in=["runner_on_ok", "runner_on_failed", "runner_on_unreachable"])),
+            skipped=Count("pk", filter=Q(event="runner_on_skipped")),
+        )
+    )
+    totals = {"started": 0, "ran": 0, "skipped": 0}
+    print(f"{'stage':>16} {'tasks':>6} {'ran on hosts':>13} {'skipped':>8}")
+    for row in sorted(rows, key=lambda row: row["stage"]):
+        print(f"{row['stage']:>16} {row['started']:>6} {row['ran']:>13} {row['skipped']:>8}")
+        for key in totals:
+            totals[key] += row[key]
+    print(f"{'install':>16} {totals['started']:>6} {totals['ran']:>13} {totals['skipped']:>8}")
 
 
 def _print_task_profile(job: object, top: int = int(os.environ.get("BENCH_PROFILE_TOP", "12"))) -> None:

@@ -155,6 +155,9 @@ class StageOrchestrator:
         self.host_totals: dict[str, dict[str, int]] = {}
         # Nodes a scale-out installs, fixed when the job starts.
         self.new_node_ids: list[int] = []
+        # Hosts this run's reachability check prepared (firewall, NetworkManager, SELinux check): the stages that
+        # install them do not prepare them again.
+        self.prepared_hosts: list[str] = []
 
     # Entry point.
 
@@ -225,6 +228,8 @@ class StageOrchestrator:
         node_ids = self._stage_nodes(stage, rendered)
         secret_vars = rendered.secret_vars if stage in SECRET_STAGES else {}
         extravars = {**self._job_vars(), **stage_vars(self.job, stage), **secret_vars}
+        if self.prepared_hosts:
+            extravars["rke2_prepared_hosts"] = self.prepared_hosts
         fetch_kubeconfig = stage in ("fetch_kubeconfig", "cert_rotate") or (
             self.job.kind == JobKind.INSTALL and stage == "all"
         )
@@ -262,6 +267,8 @@ class StageOrchestrator:
         self._take_facts(outcome)
         self._record_host_summaries(outcome)
         self._record_stage(stage, playbook, outcome)
+        if stage == REACHABILITY_STAGE and outcome.succeeded:
+            self.prepared_hosts = rendered.hosts("prepare")
         return StageResult(stage=stage, outcome=outcome, node_ids=node_ids)
 
     def _inventory(self, stage: str) -> RenderedInventory:

@@ -83,7 +83,8 @@ def _stage_tasks(stage: str) -> list[dict[str, Any]]:
             "name": "Show what the host is given",
             "ansible.builtin.debug": {
                 "msg": "{{ inventory_hostname }} ({{ rke2_role | default('') }}) version {{ rke2_version }}"
-                " {{ ('token ' ~ (rke2_token | default('not given'))) if behaviour.echo_token else '' }}",
+                " {{ ('token ' ~ (rke2_token | default('not given'))) if behaviour.echo_token else '' }}"
+                " prepared before: {{ rke2_prepared_hosts | default([]) | join(',') or 'none' }}",
             },
         },
         {

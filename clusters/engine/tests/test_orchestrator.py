@@ -351,6 +351,30 @@ def test_stages_that_render_no_configuration_get_no_secret_variables(fake_projec
     assert JobEvent.objects.filter(job=job, stage="upgrade", task="Show what the host is given").exists()
 
 
+def test_stages_after_a_passed_reachability_check_do_not_prepare_its_hosts_again(fake_project: FakeProject) -> None:
+    cluster = install_cluster_with(masters=1, workers=1)
+    job = request(cluster, JobKind.INSTALL)
+
+    assert job_execute(job_id=job.pk) == JobStatus.SUCCESSFUL
+
+    shown = JobEvent.objects.filter(job=job, task="Show what the host is given", event="runner_on_ok")
+    said = {(event.stage, event.host_name): event.stdout.split("prepared before: ")[1].split('"')[0] for event in shown}
+    assert said[("reachability", "alpha-s1")] == "none"
+    assert said[("initial_master", "alpha-s1")] == "alpha-s1,alpha-w1"
+    assert said[("workers", "alpha-w1")] == "alpha-s1,alpha-w1"
+
+
+def test_without_the_reachability_check_every_stage_prepares_its_hosts(fake_project: FakeProject) -> None:
+    cluster = install_cluster_with(masters=1, workers=1)
+    job = request(cluster, JobKind.INSTALL, {"check_reachability": False})
+
+    assert job_execute(job_id=job.pk) == JobStatus.SUCCESSFUL
+
+    shown = JobEvent.objects.filter(job=job, task="Show what the host is given", event="runner_on_ok")
+    assert shown.exists() and not shown.filter(stage="reachability").exists()
+    assert all("prepared before: none" in event.stdout for event in shown)
+
+
 def test_a_job_failed_by_a_reaper_stops_its_playbook_and_keeps_the_reapers_verdict(
     fake_project: FakeProject, jobs_dir: Path
 ) -> None:
