@@ -8,10 +8,11 @@ one learner at a time), then the workers start together (``workers_batch`` = all
 
     floor = 3 x server start delay + agent start delay
 
-Prints the wall time, each stage's time, the floor and their ratio (target <= 1.3 at N = 6). A second baseline
-(skip it with ``BENCH_INSTALL_PLAIN=0``) installs the same cluster on fresh hosts with the same playbooks,
-inventories and variables through plain ansible-runner (no job, no events stored): the ratio of the two is what the
-job engine adds; the rest of the distance to the floor is the playbooks' own work. Needs root (network
+Prints the wall time, each stage's time, the floor and their ratio (target <= 1.3 at N = 6), and how many tasks the
+install started and ran on hosts, per stage. A second baseline (skip it with ``BENCH_INSTALL_PLAIN=0``) installs the
+same cluster on fresh hosts with the same playbooks, inventories and variables (the reachability check first, as a
+job does) through plain ansible-runner (no job, no events stored): the ratio of the two is what the job engine adds;
+the rest of the distance to the floor is the playbooks' own work. Needs root (network
 namespaces). Settings: ``BENCH_WORKERS`` (N), ``BENCH_SERVER_START_DELAY`` and ``BENCH_AGENT_START_DELAY``
 (seconds, default 30 and 20: an RKE2 server typically needs 30 to 60 s to become Ready, an agent 20 to 30 s).
 The hosts run systemd as PID 1 (``BENCH_HOST_FLAVOUR=systemd``, the default; ``namespace`` for the hosts without
@@ -270,8 +271,9 @@ def _print_timeline(job: object) -> None:
 
 
 def _run_plain(network: object, *, workers: int) -> float:
-    """The same staged install without the job engine: each stage's playbook through ``ansible_runner.run`` with
-    the inventory the renderer gives, node statuses set by hand between stages, events dropped."""
+    """The same staged install without the job engine (its reachability check first): each stage's playbook through
+    ``ansible_runner.run`` with the inventory the renderer gives, node statuses set by hand between stages, events
+    dropped."""
     import ansible_runner
     from django.conf import settings
 
@@ -291,8 +293,11 @@ def _run_plain(network: object, *, workers: int) -> float:
         "rke2_workers_batch": workers,
     }
     started = time.perf_counter()
-    for stage in ("initial_master", "joining_masters", "workers", "all"):
-        rendered = InventoryRenderer.render_for_stage(cluster, stage)
+    for stage in ("reachability", "initial_master", "joining_masters", "workers", "all"):
+        if stage == "reachability":
+            rendered = InventoryRenderer.render_for_reachability(cluster)
+        else:
+            rendered = InventoryRenderer.render_for_stage(cluster, stage)
         private_dir = Path(tempfile.mkdtemp(prefix="bench-plain-", dir="/tmp"))
         try:
             (private_dir / "env").mkdir()
@@ -321,6 +326,10 @@ def _run_plain(network: object, *, workers: int) -> float:
             shutil.rmtree(private_dir, ignore_errors=True)
         if result.status != "successful":
             raise RuntimeError(f"plain install: stage {stage} ended {result.status}")
+        if stage == "reachability":
+            # As the job engine does: the hosts the check prepared are not prepared again.
+            job_vars["rke2_prepared_hosts"] = rendered.hosts("prepare")
+            continue
         if stage != "all":
             names = [
                 name for group in ("initial_master", "joining_masters", "workers") for name in rendered.hosts(group)
