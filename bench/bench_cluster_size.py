@@ -36,13 +36,13 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-VERSION = "v1.31.4+rke2r1"
+from .bench_install import VERSION, standin_setup
+
 SERVERS = 3
 CPU_GOAL = 1.2
 RSS_GOAL_MB = 500
@@ -75,40 +75,15 @@ def main() -> bool:
     agent_delay = float(os.environ.get("BENCH_AGENT_START_DELAY", "3"))
     flavour = os.environ.get("BENCH_HOST_FLAVOUR", "systemd")
 
-    from tests.testhosts.harness import HostNetwork, missing_prerequisites
-
-    problems = missing_prerequisites()
-    if not problems and flavour == "systemd":
-        from tests.testhosts.systemd import missing_systemd_prerequisites
-
-        problems = missing_systemd_prerequisites()
-    if problems:
-        print("cannot run: " + "; ".join(problems), file=sys.stderr)
+    folders = standin_setup(flavour=flavour, server_delay=server_delay, agent_delay=agent_delay, start_timeout=600)
+    if folders is None:
         return False
-
-    from tests.standin_rke2.build import build_bundle
+    airgap, work_dir = folders
+    from tests.testhosts.harness import HostNetwork
 
     from .bench_concurrent import CpuMeter
     from .bench_events import setup_database
 
-    airgap = Path(tempfile.mkdtemp(prefix="bench-airgap-"))
-    work_dir = Path(tempfile.mkdtemp(prefix="bench-jobs-", dir="/tmp"))
-    build_bundle(
-        airgap / VERSION,
-        VERSION,
-        server_start_delay=server_delay,
-        agent_start_delay=agent_delay,
-        heartbeat_interval=10.0,
-        join_retry_interval=1.0,
-    )
-    os.environ.update(
-        {
-            "RKE2_INSTALL_METHOD": "airgap",
-            "RKE2_AIRGAP_ARTIFACT_DIR": str(airgap),
-            "RKE2_START_TIMEOUT_SECONDS": "600",
-            "JOBS_WORK_DIR": str(work_dir),
-        }
-    )
     database = setup_database()
     print(
         f"database: {database}; test hosts: {flavour}; stand-in start delays: server {server_delay:g} s, agent "

@@ -40,9 +40,39 @@ def main() -> bool:
     server_delay = float(os.environ.get("BENCH_SERVER_START_DELAY", "30"))
     agent_delay = float(os.environ.get("BENCH_AGENT_START_DELAY", "20"))
 
-    from tests.testhosts.harness import HostNetwork, missing_prerequisites
-
     flavour = os.environ.get("BENCH_HOST_FLAVOUR", "systemd")
+    folders = standin_setup(
+        flavour=flavour,
+        server_delay=server_delay,
+        agent_delay=agent_delay,
+        start_timeout=int(max(server_delay, agent_delay) * 4 + 120),
+    )
+    if folders is None:
+        return False
+    airgap, work_dir = folders
+    from tests.testhosts.harness import HostNetwork
+
+    from .bench_events import setup_database
+
+    database = setup_database()
+    network = HostNetwork(flavour=flavour).start()
+    print(f"test hosts: {flavour}")
+    try:
+        return _run(network, workers=workers, server_delay=server_delay, agent_delay=agent_delay, database=database)
+    finally:
+        network.close()
+        shutil.rmtree(airgap, ignore_errors=True)
+        shutil.rmtree(work_dir, ignore_errors=True)
+
+
+def standin_setup(
+    *, flavour: str, server_delay: float, agent_delay: float, start_timeout: int
+) -> tuple[Path, Path] | None:
+    """Checks that SSH test hosts of ``flavour`` can run here, builds the stand-in RKE2's air-gap bundle with these
+    start delays, and points the portal at it (air-gap method, a jobs folder of its own). Returns the bundle's folder
+    and the jobs folder (the caller removes them), or None after saying why the bench cannot run."""
+    from tests.testhosts.harness import missing_prerequisites
+
     problems = missing_prerequisites()
     if not problems and flavour == "systemd":
         from tests.testhosts.systemd import missing_systemd_prerequisites
@@ -50,7 +80,7 @@ def main() -> bool:
         problems = missing_systemd_prerequisites()
     if problems:
         print("cannot run: " + "; ".join(problems), file=sys.stderr)
-        return False
+        return None
 
     from tests.standin_rke2.build import build_bundle
 
@@ -70,21 +100,11 @@ def main() -> bool:
         {
             "RKE2_INSTALL_METHOD": "airgap",
             "RKE2_AIRGAP_ARTIFACT_DIR": str(airgap),
-            "RKE2_START_TIMEOUT_SECONDS": str(int(max(server_delay, agent_delay) * 4 + 120)),
+            "RKE2_START_TIMEOUT_SECONDS": str(start_timeout),
             "JOBS_WORK_DIR": str(work_dir),
         }
     )
-    from .bench_events import setup_database
-
-    database = setup_database()
-    network = HostNetwork(flavour=flavour).start()
-    print(f"test hosts: {flavour}")
-    try:
-        return _run(network, workers=workers, server_delay=server_delay, agent_delay=agent_delay, database=database)
-    finally:
-        network.close()
-        shutil.rmtree(airgap, ignore_errors=True)
-        shutil.rmtree(work_dir, ignore_errors=True)
+    return airgap, work_dir
 
 
 def _run(network: object, *, workers: int, server_delay: float, agent_delay: float, database: str) -> bool:
