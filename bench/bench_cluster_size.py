@@ -41,9 +41,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bench_install import VERSION, standin_setup
+from .bench_install import _new_cluster, standin_setup
 
-SERVERS = 3
+SERVERS = 3  # as _new_cluster makes them
 CPU_GOAL = 1.2
 RSS_GOAL_MB = 500
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,27 +118,13 @@ def _memory_available_mb() -> float:
 def _install(network: object, size: int, meter: object) -> Result:
     from clusters.choices import JobKind
     from clusters.models import Job
-    from clusters.services.clusters import cluster_create
-    from clusters.services.credentials import credential_create
     from clusters.services.jobs import job_request
 
     result = Result(nodes=size)
     available = _memory_available_mb()
-    hosts = network.add_hosts(size)  # type: ignore[attr-defined]
+    _, _, cluster = _new_cluster(network, size - SERVERS, f"bench-size-{size}")
     time.sleep(2)
     result.host_mb = (available - _memory_available_mb()) / size
-    name = f"bench-size-{size}"
-    credential = credential_create(
-        name=name,
-        username="root",
-        private_key=network.private_key_text,  # type: ignore[attr-defined]
-        known_hosts=network.known_hosts_text,  # type: ignore[attr-defined]
-    )
-    nodes = [
-        {"hostname": host.name, "internal_ip": host.ip, "role": "server" if index < SERVERS else "agent"}
-        for index, host in enumerate(hosts)
-    ]
-    cluster = cluster_create(name=name, rke2_version=VERSION, ssh_credential=credential, nodes=nodes)
     job = job_request(cluster=cluster, kind=JobKind.INSTALL, params={})
 
     worker = subprocess.Popen(
