@@ -330,3 +330,60 @@ def test_clock_skew_above_the_thresholds_warns_then_fails(portal: Site) -> None:
     for name in (M1, W1):
         assert any(line.startswith(f"{name}: Check the clock skew: The clock of {name} is ") for line in failures)
     assert all("(more than 0 s): certificates would not be valid between the nodes" in line for line in failures)
+
+
+def _reachability_script() -> Any:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "ansible/roles/rke2_preflight/files/reachability.py"
+    spec = importlib.util.spec_from_file_location("reachability_probe", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_a_probe_that_timed_out_is_made_once_more_and_a_refusal_is_not(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import socket
+    from types import SimpleNamespace
+
+    script = _reachability_script()
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    port = listener.getsockname()[1]
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    closed_port = closed.getsockname()[1]
+    closed.close()
+    attempts: list[int] = []
+    real_probe = script._probe_tcp
+
+    def busy_once(address: str, probed_port: int, timeout: float) -> str | None:
+        attempts.append(probed_port)
+        if attempts.count(probed_port) == 1 and probed_port == port:
+            return "connection timed out"  # the first probe did not get the CPU in time
+        return real_probe(address, probed_port, timeout)
+
+    monkeypatch.setattr(script, "_probe_tcp", busy_once)
+    args = SimpleNamespace(
+        self="a",
+        type="agent",
+        timeout=1.0,
+        peer=["a@127.0.0.1@agent@", "b@127.0.0.1@agent@"],
+        check=[f"{port}/tcp/all/all", f"{closed_port}/tcp/all/all"],
+    )
+    try:
+        assert script.probe(args) == 0
+    finally:
+        listener.close()
+
+    result = json.loads(capsys.readouterr().out)
+    assert result["probes"] == 2
+    assert result["failures"] == [
+        {"to": "b", "address": "127.0.0.1", "port": closed_port, "protocol": "tcp", "error": "connection refused"}
+    ]
+    assert sorted(attempts) == sorted([port, port, closed_port])

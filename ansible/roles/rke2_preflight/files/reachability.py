@@ -39,6 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 MARKER = b"rke2-preflight "
 MAX_WORKERS = 64
+RETRY_WORKERS = 8
 
 
 def _start_time(pid):
@@ -307,6 +308,15 @@ def probe(args):
     if planned:
         with ThreadPoolExecutor(max_workers=min(MAX_WORKERS, len(planned))) as pool:
             list(pool.map(run, planned))
+    # A probe that timed out is made once more, after the others and a few at a time: when many nodes probe at
+    # once on busy machines, a probe may not even get the CPU within its timeout. A refusal is an answer, and a
+    # port that is really blocked times out again.
+    timed_out = [entry for entry in failures if entry["error"].startswith(("connection timed out", "no echo"))]
+    if timed_out:
+        failures = [entry for entry in failures if entry not in timed_out]
+        retry = [{key: value for key, value in entry.items() if key != "error"} for entry in timed_out]
+        with ThreadPoolExecutor(max_workers=min(RETRY_WORKERS, len(retry))) as pool:
+            list(pool.map(run, retry))
     order = {(e["to"], e["port"], e["protocol"]): index for index, e in enumerate(planned)}
     failures.sort(key=lambda e: order[(e["to"], e["port"], e["protocol"])])
     print(json.dumps({"failures": failures, "skipped": skipped, "probes": len(planned)}))
